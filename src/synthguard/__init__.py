@@ -1,18 +1,47 @@
-"""synthguard: guard retraining pipelines against model collapse from synthetic data."""
+"""synthguard: guard retraining pipelines against model collapse from synthetic data.
+
+Example:
+    >>> import synthguard as sg
+    >>> enc = sg.load_encoder("bundled:digits")
+    >>> enc.dim > 0
+    True
+"""
 
 from synthguard._errors import (
+    CorruptFileError,
+    EncoderError,
     EncoderLoadError,
     IncompatibleStatsError,
     InvalidInputError,
     SynthGuardError,
 )
+from synthguard._reasons import ReasonCode
+from synthguard.data import PairBatch
+from synthguard.encoders import (
+    BatchedEncoder,
+    CaptionTruncatedWarning,
+    Encoder,
+    EncoderFingerprint,
+    PairEmbeddings,
+    load_encoder,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BatchedEncoder",
+    "CaptionTruncatedWarning",
+    "CorruptFileError",
+    "Encoder",
+    "EncoderError",
+    "EncoderFingerprint",
     "EncoderLoadError",
     "IncompatibleStatsError",
     "InvalidInputError",
+    "PairBatch",
+    "PairEmbeddings",
+    "ReasonCode",
     "SynthGuardError",
     "__version__",
+    "load_encoder",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "CorruptFileError",
+    "EncoderError",
     "EncoderLoadError",
     "IncompatibleStatsError",
     "InvalidInputError",
@@ -27,3 +29,15 @@ class IncompatibleStatsError(SynthGuardError, ValueError):
 
 class EncoderLoadError(SynthGuardError, RuntimeError):
     """An encoder spec could not be resolved or its weights could not be loaded."""
+
+
+class EncoderError(SynthGuardError, RuntimeError):
+    """The encoder failed for a whole batch (out of memory at batch size 1, a model error).
+
+    Raised instead of returning partial results: a gate that could not check a batch accepts
+    nothing from it (fail closed).
+    """
+
+
+class CorruptFileError(SynthGuardError, OSError):
+    """A file synthguard wrote earlier (reference, cache, log) failed its integrity check."""

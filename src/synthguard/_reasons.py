@@ -1,0 +1,27 @@
+"""Reason codes: the stable, machine-readable vocabulary of every per-sample reject."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["ReasonCode"]
+
+
+class ReasonCode(str, Enum):
+    """Why a sample could not be embedded or was rejected.
+
+    Values are stable strings (they end up in JSON reports and dashboards); compare with either
+    the member or its string value: ``ReasonCode.UNREADABLE_IMAGE == "unreadable_image"``.
+    """
+
+    UNREADABLE_IMAGE = "unreadable_image"
+    """The image could not be opened, decoded or converted (corrupt, missing, too large, ...)."""
+    EMPTY_CAPTION = "empty_caption"
+    """The caption is None, empty or whitespace only."""
+    UNREADABLE_CAPTION = "unreadable_caption"
+    """The caption is not text (wrong type, or bytes that are not valid UTF-8)."""
+    ENCODING_FAILED = "encoding_failed"
+    """The model produced a non-finite or zero embedding for this sample."""
+
+    def __str__(self) -> str:
+        return self.value

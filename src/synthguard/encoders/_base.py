@@ -1,0 +1,160 @@
+"""The ``Encoder`` protocol, the encoder fingerprint and paired embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthguard._errors import InvalidInputError
+from synthguard._reasons import ReasonCode
+from synthguard.data import PairBatch
+
+__all__ = ["Encoder", "EncoderFingerprint", "OnError", "PairEmbeddings", "embed_pairs"]
+
+OnError = Literal["raise", "nan"]
+
+
+class EncoderFingerprint(BaseModel):
+    """What makes two sets of embeddings comparable.
+
+    ``digest`` hashes the model id, weights, preprocessing, embedding dimension and compute
+    precision. Library versions are recorded for provenance but left out of the digest: a patch
+    release of torch must not invalidate every stored reference, while any change that alters
+    the function (weights, preprocessing, precision) does.
+
+    Example:
+        >>> fp = EncoderFingerprint(model_id="m", weights_sha256="0" * 64, dim=4)
+        >>> len(fp.digest)
+        64
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: str
+    backend: str = "custom"
+    weights_sha256: str
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    dim: int
+    precision: str = "fp32"
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over everything that changes the embedding function (not ``versions``)."""
+        payload = self.model_dump(exclude={"versions"})
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict, with the digest included."""
+        return {**self.model_dump(), "digest": self.digest}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EncoderFingerprint):
+            return NotImplemented
+        return self.digest == other.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What synthguard needs from an image–text embedding model.
+
+    Implement these members on your own object and pass it wherever an encoder is expected
+    (``sg.load_encoder(obj)`` returns it unchanged). Both methods return float32, L2-normalised
+    ``[n, dim]`` tensors in one shared space.
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def fingerprint(self) -> EncoderFingerprint: ...
+
+    def encode_images(self, images: Sequence[Any], *, on_error: OnError = "raise") -> torch.Tensor:
+        """Embed images; undecodable ones raise (``"raise"``) or give NaN rows (``"nan"``)."""
+        ...
+
+    def encode_texts(self, texts: Sequence[Any], *, on_error: OnError = "raise") -> torch.Tensor:
+        """Embed captions; empty or non-text ones raise or give NaN rows, as for images."""
+        ...
+
+
+class PairEmbeddings(BaseModel):
+    """Image and caption embeddings of one :class:`~synthguard.PairBatch`, row-aligned.
+
+    Attributes:
+        image: ``[n, dim]`` float32; a NaN row where ``errors`` names the sample.
+        text: ``[n, dim]`` float32; a NaN row where ``errors`` names the sample.
+        errors: sample index -> reason code, for samples that could not be embedded.
+        error_details: sample index -> human-readable explanation.
+        truncated: ``[n]`` bool, captions longer than the text tower's context.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    image: torch.Tensor
+    text: torch.Tensor
+    errors: dict[int, ReasonCode]
+    error_details: dict[int, str] = Field(default_factory=dict)
+    truncated: torch.Tensor
+
+    @property
+    def n_truncated(self) -> int:
+        """How many captions were truncated to fit the context."""
+        return int(self.truncated.sum())
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """``[n]`` bool: both embeddings of the sample exist."""
+        mask = torch.ones(self.image.shape[0], dtype=torch.bool)
+        for index in self.errors:
+            mask[index] = False
+        return mask
+
+
+def embed_pairs(encoder: Encoder, batch: PairBatch) -> PairEmbeddings:
+    """Embed a :class:`PairBatch` with any encoder; bad samples are reported, not fatal.
+
+    Uses the encoder's own ``embed`` when it has one (the built-in engine reports truncation and
+    reason details); for a user object implementing only the protocol, images and captions are
+    encoded with ``on_error="nan"`` and NaN rows are mapped to reason codes.
+    """
+    own = getattr(encoder, "embed", None)
+    if callable(own):
+        result = own(batch)
+        if not isinstance(result, PairEmbeddings):
+            raise InvalidInputError(
+                f"encoder.embed must return PairEmbeddings; got {type(result).__name__}"
+            )
+        return result
+    image = encoder.encode_images(batch.images, on_error="nan")
+    text = encoder.encode_texts(batch.captions, on_error="nan")
+    errors: dict[int, ReasonCode] = {}
+    details: dict[int, str] = {}
+    for index in torch.nonzero(~torch.isfinite(image).all(dim=1)).flatten().tolist():
+        errors[index] = ReasonCode.UNREADABLE_IMAGE
+        details[index] = "the encoder returned a non-finite image embedding"
+    for index in torch.nonzero(~torch.isfinite(text).all(dim=1)).flatten().tolist():
+        errors.setdefault(index, ReasonCode.EMPTY_CAPTION)
+        details.setdefault(index, "the encoder returned a non-finite caption embedding")
+    return PairEmbeddings(
+        image=image,
+        text=text,
+        errors=dict(sorted(errors.items())),
+        error_details=dict(sorted(details.items())),
+        truncated=torch.zeros(len(batch), dtype=torch.bool),
+    )

@@ -1,0 +1,484 @@
+"""The batched embedding engine: inputs -> unit-norm embeddings, as fast as the hardware allows.
+
+Decoding and preprocessing run on a thread pool a few batches ahead of the forward pass, so the
+model never waits on PIL work in the calling thread. On CUDA, batches are copied from pinned
+memory without blocking, run under bf16/fp16 autocast, and a batch that runs out of memory is
+split in half and retried (the smaller size then sticks). One bad sample never costs the rest of
+the batch: it comes back as a NaN row with a reason code, or as an error naming its index.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from synthguard._errors import EncoderError, InvalidInputError
+from synthguard._reasons import ReasonCode
+from synthguard.data import PairBatch, as_sample_list
+from synthguard.encoders._backend import ModelBackend, hash_state_dict
+from synthguard.encoders._base import EncoderFingerprint, OnError, PairEmbeddings
+from synthguard.encoders._cache import EmbeddingCache
+from synthguard.encoders._device import autocast, resolve_device, resolve_precision
+from synthguard.encoders._images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageDecodeError,
+    content_key,
+    load_image,
+)
+
+__all__ = ["BatchedEncoder", "CaptionTruncatedWarning"]
+
+_Failure = tuple[ReasonCode, str]
+
+
+class CaptionTruncatedWarning(UserWarning):
+    """Some captions were longer than the text tower's context and were truncated."""
+
+
+class BatchedEncoder:
+    """An image–text model behind synthguard's batching engine.
+
+    Built by :func:`synthguard.load_encoder`; construct it directly only with your own
+    :class:`ModelBackend`.
+
+    Args:
+        backend: the loaded model and its preprocessing.
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
+        precision: ``"auto"`` (bf16/fp16 autocast on CUDA, fp32 elsewhere), ``"fp32"``,
+            ``"bf16"`` or ``"fp16"``.
+        batch_size: samples per forward pass; halved automatically on CUDA out-of-memory.
+        num_workers: decode/preprocess threads (default: ``min(8, cpu_count)``).
+        prefetch_batches: how many batches are prepared ahead of the forward pass.
+        cache_dir: folder for an on-disk embedding cache (``None``: no cache).
+        progress: show a progress bar (per call overridable).
+        max_image_pixels: images larger than this are rejected as ``unreadable_image``.
+        output_device: where returned embeddings live (default CPU).
+
+    Example:
+        >>> enc = load_encoder("bundled:digits")          # doctest: +SKIP
+        >>> enc.encode_texts(["a handwritten seven"]).shape  # doctest: +SKIP
+        torch.Size([1, 64])
+    """
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        prefetch_batches: int = 2,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        output_device: str | torch.device = "cpu",
+    ) -> None:
+        _check_positive_int("batch_size", batch_size)
+        _check_positive_int("prefetch_batches", prefetch_batches)
+        if num_workers is not None:
+            _check_positive_int("num_workers", num_workers)
+        if max_image_pixels is not None:
+            _check_positive_int("max_image_pixels", max_image_pixels)
+        self._backend = backend
+        self._device = resolve_device(device)
+        self._precision = resolve_precision(precision, self._device)
+        self._output_device = torch.device(output_device)
+        self.requested_batch_size = batch_size
+        self.batch_size = batch_size
+        self.prefetch_batches = prefetch_batches
+        self.progress = progress
+        self.max_image_pixels = max_image_pixels
+        self.num_workers = num_workers or min(8, os.cpu_count() or 1)
+        self._cache_dir = cache_dir
+        backend.module.to(self._device).eval().requires_grad_(False)
+        self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="synthguard-prep")
+
+    # -- the Encoder protocol ---------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return self._backend.dim
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self._device
+
+    @property
+    def precision(self) -> str:
+        """Effective compute precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``."""
+        return self._precision
+
+    @property
+    def context_length(self) -> int:
+        """Maximum caption length in tokens, special tokens included."""
+        return self._backend.context_length
+
+    @property
+    def model_id(self) -> str:
+        """The spec the model was loaded from."""
+        return self._backend.model_id
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The underlying model (frozen, in eval mode)."""
+        return self._backend.module
+
+    @cached_property
+    def fingerprint(self) -> EncoderFingerprint:
+        """Model id, weights hash, preprocessing, dim, precision and library versions."""
+        return EncoderFingerprint(
+            model_id=self._backend.model_id,
+            backend=self._backend.backend_name,
+            weights_sha256=hash_state_dict(self._backend.module),
+            preprocessing=self._backend.preprocessing(),
+            dim=self._backend.dim,
+            precision=self._precision,
+            versions=self._backend.versions(),
+        )
+
+    @cached_property
+    def cache(self) -> EmbeddingCache | None:
+        """The on-disk embedding cache, or ``None`` when ``cache_dir`` was not given."""
+        if self._cache_dir is None:
+            return None
+        return EmbeddingCache(self._cache_dir, self.fingerprint.digest, self.dim)
+
+    def encode_images(
+        self, images: Sequence[Any], *, on_error: OnError = "raise", progress: bool | None = None
+    ) -> torch.Tensor:
+        """Embed images into ``[n, dim]`` float32 unit vectors, in input order.
+
+        Args:
+            images: paths, bytes, PIL images, HWC uint8 arrays or CHW tensors, mixed freely.
+            on_error: ``"raise"`` raises :class:`InvalidInputError` naming the first bad index;
+                ``"nan"`` returns a NaN row for each undecodable image.
+            progress: show a progress bar (default: the encoder's setting).
+
+        Raises:
+            InvalidInputError: bad argument, or an undecodable image with ``on_error="raise"``.
+            EncoderError: the model failed for a whole batch (e.g. out of memory at size 1).
+        """
+        _check_on_error(on_error)
+        items = _non_empty(images, "images")
+        vectors, failures = self._encode_images(items, progress)
+        _raise_or_keep("images", failures, on_error)
+        return vectors.to(self._output_device)
+
+    def encode_texts(
+        self, texts: Sequence[Any], *, on_error: OnError = "raise", progress: bool | None = None
+    ) -> torch.Tensor:
+        """Embed captions into ``[n, dim]`` float32 unit vectors, in input order.
+
+        Captions longer than :attr:`context_length` are truncated keeping the end-of-text token
+        (a :class:`CaptionTruncatedWarning` gives the count). Empty, whitespace-only or
+        non-text captions raise, or give NaN rows with ``on_error="nan"``.
+        """
+        _check_on_error(on_error)
+        items = _non_empty(texts, "texts")
+        vectors, failures, truncated = self._encode_texts(items, progress)
+        _raise_or_keep("texts", failures, on_error)
+        _warn_truncated(int(truncated.sum()), len(items), self.context_length)
+        return vectors.to(self._output_device)
+
+    def embed(self, batch: PairBatch, *, progress: bool | None = None) -> PairEmbeddings:
+        """Embed a :class:`~synthguard.PairBatch`; bad samples are reported, never fatal.
+
+        Returns:
+            :class:`PairEmbeddings` whose ``errors`` maps each sample that could not be embedded
+            to ``unreadable_image``, ``empty_caption``, ``unreadable_caption`` or
+            ``encoding_failed`` (with details), and whose ``truncated`` flags long captions.
+        """
+        if not isinstance(batch, PairBatch):
+            raise InvalidInputError(f"batch must be a PairBatch; got {type(batch).__name__}")
+        image, image_failures = self._encode_images(batch.images, progress)
+        text, text_failures, truncated = self._encode_texts(batch.captions, progress)
+        errors: dict[int, ReasonCode] = {}
+        details: dict[int, str] = {}
+        for index in sorted(set(image_failures) | set(text_failures)):
+            found = [f for f in (image_failures.get(index), text_failures.get(index)) if f]
+            errors[index] = found[0][0]
+            details[index] = "; ".join(f"{code.value}: {detail}" for code, detail in found)
+        return PairEmbeddings(
+            image=image.to(self._output_device),
+            text=text.to(self._output_device),
+            errors=errors,
+            error_details=details,
+            truncated=truncated,
+        )
+
+    def close(self) -> None:
+        """Stop the worker threads and close the cache."""
+        self._pool.shutdown(wait=True)
+        if self._cache_dir is not None and "cache" in self.__dict__ and self.cache is not None:
+            self.cache.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchedEncoder(model_id={self.model_id!r}, dim={self.dim}, device='{self.device}', "
+            f"precision={self.precision!r}, batch_size={self.batch_size})"
+        )
+
+    # -- images -------------------------------------------------------------------------------
+    def _encode_images(
+        self, items: Sequence[Any], progress: bool | None
+    ) -> tuple[torch.Tensor, dict[int, _Failure]]:
+        out = torch.full((len(items), self.dim), math.nan, dtype=torch.float32)
+        failures: dict[int, _Failure] = {}
+        todo, keys = self._from_cache("image", items, out, content_key)
+        bar = self._bar(len(items), "images", progress)
+        bar.update(len(items) - len(todo))
+        for indices, prepared in self._prefetch(todo, lambda i: self._prepare_image(items[i])):
+            ok: list[int] = []
+            tensors: list[torch.Tensor] = []
+            for index, result in zip(indices, prepared, strict=True):
+                if isinstance(result, torch.Tensor):
+                    ok.append(index)
+                    tensors.append(result)
+                else:
+                    failures[index] = result
+            if ok:
+                pixels = torch.stack(tensors)
+                features = self._run_model(self._backend.image_features, {"pixel_values": pixels})
+                self._store("image", ok, features, out, failures, keys)
+            bar.update(len(indices))
+        bar.close()
+        return out, failures
+
+    def _prepare_image(self, item: Any) -> torch.Tensor | _Failure:
+        # Runs on a worker thread; anything a codec throws becomes this sample's failure.
+        try:
+            return self._backend.preprocess(load_image(item, max_pixels=self.max_image_pixels))
+        except ImageDecodeError as exc:
+            return ReasonCode.UNREADABLE_IMAGE, str(exc)
+        except Exception as exc:
+            return ReasonCode.UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}"
+
+    # -- texts --------------------------------------------------------------------------------
+    def _encode_texts(
+        self, items: Sequence[Any], progress: bool | None
+    ) -> tuple[torch.Tensor, dict[int, _Failure], torch.Tensor]:
+        out = torch.full((len(items), self.dim), math.nan, dtype=torch.float32)
+        truncated = torch.zeros(len(items), dtype=torch.bool)
+        failures: dict[int, _Failure] = {}
+        texts: dict[int, str] = {}
+        for index, item in enumerate(items):
+            checked = _check_caption(item)
+            if isinstance(checked, str):
+                texts[index] = checked
+            else:
+                failures[index] = checked
+        valid = list(texts)
+        counts = self._backend.token_counts([texts[i] for i in valid]) if valid else []
+        for index, count in zip(valid, counts, strict=True):
+            truncated[index] = count > self.context_length
+        todo, keys = self._from_cache("text", [texts.get(i) for i in range(len(items))], out)
+        todo = [i for i in todo if i in texts]
+        bar = self._bar(len(valid), "captions", progress)
+        bar.update(len(valid) - len(todo))
+        size = self.batch_size
+        chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+        futures = (self._pool.submit(self._backend.tokenize, [texts[i] for i in c]) for c in chunks)
+        for indices, future in zip(chunks, _ahead(futures, self.prefetch_batches), strict=True):
+            features = self._run_model(self._backend.text_features, future.result())
+            self._store("text", indices, features, out, failures, keys)
+            bar.update(len(indices))
+        bar.close()
+        return out, failures, truncated
+
+    # -- shared machinery ---------------------------------------------------------------------
+    def _prefetch(
+        self, indices: list[int], prepare: Callable[[int], Any]
+    ) -> Iterator[tuple[list[int], list[Any]]]:
+        """Yield (chunk indices, prepared samples), keeping ``prefetch_batches`` chunks queued."""
+        size = self.batch_size
+        chunks = [indices[start : start + size] for start in range(0, len(indices), size)]
+        submitted = ([self._pool.submit(prepare, i) for i in chunk] for chunk in chunks)
+        for chunk, futures in zip(chunks, _ahead(submitted, self.prefetch_batches), strict=True):
+            yield chunk, [future.result() for future in futures]
+
+    def _run_model(
+        self, forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Forward ``inputs`` in slices of ``batch_size``, halving it on out-of-memory."""
+        total = next(iter(inputs.values())).shape[0]
+        outputs: list[torch.Tensor] = []
+        start = 0
+        while start < total:
+            size = min(self.batch_size, total - start)
+            part = {name: value[start : start + size] for name, value in inputs.items()}
+            try:
+                outputs.append(self._forward(forward, part))
+            except torch.OutOfMemoryError as exc:
+                if size == 1:
+                    raise EncoderError(
+                        f"{self.model_id}: out of memory on {self.device} even at batch size 1"
+                    ) from exc
+                self.batch_size = max(1, size // 2)
+                warnings.warn(
+                    f"out of memory at batch size {size} on {self.device}; retrying at "
+                    f"{self.batch_size}",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += size
+        return torch.cat(outputs)
+
+    def _forward(
+        self, forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        on_cuda = self.device.type == "cuda"
+        try:
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                moved = {
+                    name: (value.pin_memory() if on_cuda else value).to(
+                        self.device, non_blocking=on_cuda
+                    )
+                    for name, value in inputs.items()
+                }
+                features = forward(**moved)
+            # Normalise in float32 whatever the autocast dtype was.
+            return F.normalize(features.float(), dim=-1).to("cpu")
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            size = next(iter(inputs.values())).shape[0]
+            raise EncoderError(
+                f"{self.model_id}: the forward pass failed on a batch of {size}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _store(
+        self,
+        modality: str,
+        indices: list[int],
+        features: torch.Tensor,
+        out: torch.Tensor,
+        failures: dict[int, _Failure],
+        keys: list[str | None] | None,
+    ) -> None:
+        finite = torch.isfinite(features).all(dim=1) & (features.norm(dim=1) > 0.5)
+        fresh: list[tuple[str, torch.Tensor]] = []
+        for row, index in enumerate(indices):
+            if not finite[row]:
+                failures[index] = (
+                    ReasonCode.ENCODING_FAILED,
+                    f"the model returned a non-finite or zero {modality} embedding",
+                )
+                continue
+            out[index] = features[row]
+            key = keys[index] if keys is not None else None
+            if key is not None:
+                fresh.append((key, features[row]))
+        if self.cache is not None and fresh:
+            self.cache.put_many(modality, fresh)
+
+    def _from_cache(
+        self,
+        modality: str,
+        items: Sequence[Any],
+        out: torch.Tensor,
+        key_fn: Callable[[Any], str] | None = None,
+    ) -> tuple[list[int], list[str | None] | None]:
+        """Fill ``out`` from the cache; return the indices still to encode and their keys."""
+        if self.cache is None:
+            return list(range(len(items))), None
+        keys = list(self._pool.map(lambda item: _safe_key(item, key_fn), items))
+        hits = self.cache.get_many(modality, [k for k in keys if k is not None])
+        todo: list[int] = []
+        for index, key in enumerate(keys):
+            if key is not None and key in hits:
+                out[index] = hits[key]
+            else:
+                todo.append(index)
+        return todo, keys
+
+    def _bar(self, total: int, unit: str, progress: bool | None) -> tqdm[Any]:
+        show = self.progress if progress is None else progress
+        return tqdm(total=total, desc=f"embedding {unit}", unit=unit[:-1], disable=not show)
+
+
+def _ahead(futures: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Yield from ``futures`` while keeping ``depth`` submissions in flight ahead of the reader."""
+    queue: collections.deque[Any] = collections.deque()
+    for submitted in futures:
+        queue.append(submitted)
+        if len(queue) > depth:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def _safe_key(item: Any, key_fn: Callable[[Any], str] | None) -> str | None:
+    if key_fn is None:  # captions: the key is the hash of the exact string
+        return hashlib.sha256(item.encode()).hexdigest() if isinstance(item, str) else None
+    try:
+        return key_fn(item)
+    except Exception:  # unreadable now: let decoding report the precise reason
+        return None
+
+
+def _check_caption(item: Any) -> str | _Failure:
+    if item is None:
+        return ReasonCode.EMPTY_CAPTION, "caption is None"
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            item = bytes(item).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return ReasonCode.UNREADABLE_CAPTION, f"caption bytes are not valid UTF-8 ({exc})"
+    if not isinstance(item, str):
+        return ReasonCode.UNREADABLE_CAPTION, f"caption must be str; got {type(item).__name__}"
+    if not item.strip():
+        return ReasonCode.EMPTY_CAPTION, "caption is empty or whitespace only"
+    return item
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "nan"):
+        raise InvalidInputError(f"on_error must be 'raise' or 'nan'; got {on_error!r}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
+
+
+def _non_empty(values: Any, name: str) -> list[Any]:
+    items = as_sample_list(values, name)
+    if not items:
+        raise InvalidInputError(f"{name} must contain at least one sample; got an empty sequence")
+    return items
+
+
+def _raise_or_keep(name: str, failures: dict[int, _Failure], on_error: OnError) -> None:
+    if on_error == "nan" or not failures:
+        return
+    first = min(failures)
+    code, detail = failures[first]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    raise InvalidInputError(f"{name}[{first}]: {code.value}: {detail}{more}")
+
+
+def _warn_truncated(count: int, total: int, context_length: int) -> None:
+    if count:
+        warnings.warn(
+            f"{count} of {total} captions exceed the text context of {context_length} tokens; "
+            "they were truncated keeping the end-of-text token",
+            CaptionTruncatedWarning,
+            stacklevel=3,
+        )
