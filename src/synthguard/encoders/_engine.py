@@ -58,7 +58,8 @@ class BatchedEncoder:
         precision: ``"auto"`` (bf16/fp16 autocast on CUDA, fp32 elsewhere), ``"fp32"``,
             ``"bf16"`` or ``"fp16"``.
         batch_size: samples per forward pass; halved automatically on CUDA out-of-memory.
-        num_workers: decode/preprocess threads (default: ``min(8, cpu_count)``).
+        num_workers: decode/preprocess threads (default: all cores up to 32 on CUDA, up to 8
+            elsewhere, where the forward pass needs the cores too).
         prefetch_batches: how many batches are prepared ahead of the forward pass.
         cache_dir: folder for an on-disk embedding cache (``None``: no cache).
         progress: show a progress bar (per call overridable).
@@ -100,7 +101,9 @@ class BatchedEncoder:
         self.prefetch_batches = prefetch_batches
         self.progress = progress
         self.max_image_pixels = max_image_pixels
-        self.num_workers = num_workers or min(8, os.cpu_count() or 1)
+        # On CUDA the forward pass is cheap and decoding is the bottleneck: use every core.
+        cores = os.cpu_count() or 1
+        self.num_workers = num_workers or min(32 if self._device.type == "cuda" else 8, cores)
         self._cache_dir = cache_dir
         backend.module.to(self._device).eval().requires_grad_(False)
         self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="synthguard-prep")
