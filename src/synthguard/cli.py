@@ -81,8 +81,9 @@ def _demo(batch_size: int, device: str, *, progress: bool) -> int:
     for label, name in enumerate(DIGIT_NAMES):
         rows = labels == label
         other = rows & wrong_mask
+        class_accuracy = float((predicted[rows] == label).float().mean())
         print(
-            f"| {name:<5} | {int(rows.sum()):>3} | {float((predicted[rows] == label).float().mean()):>13.3f} "
+            f"| {name:<5} | {int(rows.sum()):>3} | {class_accuracy:>13.3f} "
             f"| {float(own[rows].mean()):>16.3f} | {float(wrong[other].mean()):>24.3f} |"
         )
     accuracy = float((predicted == labels).float().mean())
