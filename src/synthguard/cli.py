@@ -59,7 +59,7 @@ def _demo(batch_size: int, device: str, *, progress: bool) -> int:
     )
     data = load_digits("test")
     print(
-        f"encoder {encoder.model_id}  dim={encoder.dim}  device={encoder.device}  "
+        f"encoder {encoder.fingerprint.model_id}  dim={encoder.dim}  device={encoder.device}  "
         f"fingerprint={encoder.fingerprint.digest[:12]}"
     )
     start = time.perf_counter()
@@ -91,9 +91,7 @@ def _demo(batch_size: int, device: str, *, progress: bool) -> int:
         f"| all   | {len(labels):>3} | {accuracy:>13.3f} | {float(own.mean()):>16.3f} "
         f"| {float(wrong[wrong_mask].mean()):>24.3f} |"
     )
-    print(
-        f"\nembedded {len(labels)} images in {elapsed:.2f} s ({len(labels) / elapsed:.0f} images/s)"
-    )
+    print(f"\nembedded {len(labels)} images in {elapsed:.2f} s ({len(labels) / elapsed:.0f} img/s)")
     print("The full self-consuming-loop demo arrives with the guard; this is the engine smoke run.")
     return 0
 
