@@ -1,0 +1,115 @@
+"""GPU checks and numbers for the embedding engine, as one prepared script for a lent GPU.
+
+What it checks (exits non-zero on a failed check) and measures:
+1. bf16 and fp16 autocast embeddings agree with fp32 (min cosine >= 0.99) on ViT-B-32-sized
+   random weights and real photos;
+2. a real CUDA out-of-memory (batch 4096 under a 1% memory cap) is halved and retried, and
+   the results equal the batch-256 results;
+3. throughput, ViT-B-32 fp16, batch 256: bare ``encode_image`` on device tensors (the limit),
+   synthguard from pre-decoded PIL images, and synthguard from JPEG files (decode-bound);
+   compare the bare number with timm's published figure for the vision tower.
+
+Usage (on the GPU machine, from the repository root, in the project's venv):
+    python benchmarks/gpu_check.py --n-images 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import synthguard as sg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_embed import _build_models, _photos, _write_jpegs
+
+
+def _timed(fn: Any) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-images", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check")
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        oc_dir, _ = _build_models("vit-b-32", root)
+        images = _photos(args.n_images, 256)
+        paths = _write_jpegs(images, root)
+        spec = f"openclip:local-dir:{oc_dir}"
+        from PIL import Image
+
+        pil = [Image.fromarray(a) for a in images]
+
+        ref = sg.load_encoder(spec, device="cuda", precision="fp32", batch_size=args.batch_size)
+        base = ref.encode_images(pil[:512])
+        for precision in ("bf16", "fp16"):
+            enc = sg.load_encoder(spec, device="cuda", precision=precision)
+            cos = (enc.encode_images(pil[:512]) * base).sum(1).min().item()
+            ok = cos >= 0.99
+            failures += not ok
+            print(f"[{'ok' if ok else 'FAIL'}] {precision} vs fp32: min cosine {cos:.5f}")
+
+        # A real CUDA OOM without 100+ GB of host tensors: cap this process's share of the GPU.
+        big = sg.load_encoder(spec, device="cuda", precision="fp32", batch_size=4096)
+        many = (pil * (4096 // len(pil) + 1))[:4096]
+        torch.cuda.set_per_process_memory_fraction(0.01)
+        try:
+            out = big.encode_images(many)
+            same = torch.allclose(out[:512], base, atol=1e-4)
+            failures += not same
+            print(
+                f"[{'ok' if same else 'FAIL'}] OOM back-off: batch 4096 -> {big.batch_size}, "
+                "results equal to batch 256"
+            )
+        except sg.EncoderError as exc:
+            failures += 1
+            print(f"[FAIL] OOM back-off raised: {exc}")
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+            torch.cuda.empty_cache()
+
+        enc = sg.load_encoder(spec, device="cuda", precision="fp16", batch_size=args.batch_size)
+        model: Any = enc.module
+        pixels = torch.stack([enc._backend.preprocess(p) for p in pil]).cuda()
+
+        def bare() -> None:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+                for start in range(0, len(pixels), args.batch_size):
+                    model.encode_image(pixels[start : start + args.batch_size])
+
+        n = len(pil)
+        t_bare = _timed(bare)
+        t_pil = _timed(lambda: enc.encode_images(pil))
+        t_files = _timed(lambda: enc.encode_images(paths))
+        print("| path | images/s | ratio to bare |")
+        print("|---|---|---|")
+        for name, t in (
+            ("bare forward", t_bare),
+            ("synthguard PIL", t_pil),
+            ("synthguard JPEG", t_files),
+        ):
+            print(f"| {name} | {n / t:.0f} | {t_bare / t:.3f} |")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
