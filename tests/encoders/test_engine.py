@@ -203,3 +203,48 @@ def test_concurrent_calls_match_serial(tiny_encoder: Any) -> None:
         worker.join()
     for k in range(4):
         torch.testing.assert_close(results[k], serial[k], atol=1e-6, rtol=0)
+
+
+def _timeline(tiny_openclip_dir: Path, prefetch: int) -> list[str]:
+    import time
+
+    events: list[str] = []
+    lock = threading.Lock()
+
+    class Recorder(OpenClipBackend):
+        def preprocess(self, image: Any) -> torch.Tensor:
+            with lock:
+                events.append("prep")
+            return super().preprocess(image)
+
+        def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            with lock:
+                events.append("forward")
+            time.sleep(0.05)  # long enough for prefetching workers to run meanwhile
+            out = super().image_features(pixel_values)
+            with lock:
+                events.append("done")
+            return out
+
+    backend = Recorder(f"local-dir:{tiny_openclip_dir}", None, model_id="recorder")
+    enc = sg.BatchedEncoder(backend, batch_size=4, num_workers=2, prefetch_batches=prefetch)
+    enc.encode_images(_images(16))
+    return events
+
+
+def test_prefetch_overlaps_preparation_with_the_forward_pass(tiny_openclip_dir: Path) -> None:
+    events = _timeline(tiny_openclip_dir, prefetch=2)
+    first_done = events.index("done")
+    # With two batches queued ahead, batches 2 and 3 were prepared before batch 1 finished.
+    assert events[:first_done].count("prep") >= 12
+
+
+def test_without_prefetch_preparation_never_overlaps_the_forward(tiny_openclip_dir: Path) -> None:
+    events = _timeline(tiny_openclip_dir, prefetch=0)
+    inside = False
+    for event in events:
+        inside = {"forward": True, "done": False}.get(event, inside)
+        assert not (inside and event == "prep")
+    assert sg.load_encoder(f"openclip:local-dir:{tiny_openclip_dir}").prefetch_batches == (
+        0 if not torch.cuda.is_available() else 2
+    )

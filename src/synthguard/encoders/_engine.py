@@ -1,10 +1,12 @@
 """The batched embedding engine: inputs -> unit-norm embeddings, as fast as the hardware allows.
 
-Decoding and preprocessing run on a thread pool a few batches ahead of the forward pass, so the
-model never waits on PIL work in the calling thread. On CUDA, batches are copied from pinned
-memory without blocking, run under bf16/fp16 autocast, and a batch that runs out of memory is
-split in half and retried (the smaller size then sticks). One bad sample never costs the rest of
-the batch: it comes back as a NaN row with a reason code, or as an error naming its index.
+Decoding and preprocessing run on a thread pool, never in the calling thread. On an accelerator
+the pool works a few batches ahead of the forward pass; on CPU, where the forward pass needs
+every core, it prepares each batch in parallel between forward passes. On CUDA, batches are
+copied from pinned memory without blocking, run under bf16/fp16 autocast, and a batch that runs
+out of memory is split in half and retried (the smaller size then sticks). One bad sample never
+costs the rest of the batch: it comes back as a NaN row with a reason code, or as an error naming
+its index.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class BatchedEncoder:
         batch_size: samples per forward pass; halved automatically on CUDA out-of-memory.
         num_workers: decode/preprocess threads (default: all cores up to 32 on CUDA, up to 8
             elsewhere, where the forward pass needs the cores too).
-        prefetch_batches: how many batches are prepared ahead of the forward pass.
+        prefetch_batches: how many batches are prepared ahead of the forward pass (default 2 on
+            CUDA/MPS, 0 on CPU, where overlapping steals cores from the forward pass).
         cache_dir: folder for an on-disk embedding cache (``None``: no cache).
         progress: show a progress bar (per call overridable).
         max_image_pixels: images larger than this are rejected as ``unreadable_image``.
@@ -80,14 +83,15 @@ class BatchedEncoder:
         precision: str = "auto",
         batch_size: int = 64,
         num_workers: int | None = None,
-        prefetch_batches: int = 2,
+        prefetch_batches: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         progress: bool = False,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         output_device: str | torch.device = "cpu",
     ) -> None:
         _check_positive_int("batch_size", batch_size)
-        _check_positive_int("prefetch_batches", prefetch_batches)
+        if prefetch_batches is not None:
+            _check_non_negative_int("prefetch_batches", prefetch_batches)
         if num_workers is not None:
             _check_positive_int("num_workers", num_workers)
         if max_image_pixels is not None:
@@ -98,6 +102,13 @@ class BatchedEncoder:
         self._output_device = torch.device(output_device)
         self.requested_batch_size = batch_size
         self.batch_size = batch_size
+        # On an accelerator the forward pass leaves the CPU free, so preparing batches ahead
+        # hides decoding entirely. On CPU the forward already uses every core through OpenMP;
+        # a decode thread running beside it stalls the OpenMP barriers and costs ~4x its own
+        # CPU time (docs/benchmarks.md), so there the pool prepares each batch in parallel
+        # *between* forward passes instead.
+        if prefetch_batches is None:
+            prefetch_batches = 0 if self._device.type == "cpu" else 2
         self.prefetch_batches = prefetch_batches
         self.progress = progress
         self.max_image_pixels = max_image_pixels
@@ -454,6 +465,11 @@ def _check_caption(item: Any) -> str | _Failure:
 def _check_on_error(on_error: str) -> None:
     if on_error not in ("raise", "nan"):
         raise InvalidInputError(f"on_error must be 'raise' or 'nan'; got {on_error!r}")
+
+
+def _check_non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(f"{name} must be a non-negative integer; got {value!r}")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
