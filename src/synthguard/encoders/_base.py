@@ -14,9 +14,18 @@ from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard.data import PairBatch
 
-__all__ = ["Encoder", "EncoderFingerprint", "OnError", "PairEmbeddings", "embed_pairs"]
+__all__ = [
+    "Encoder",
+    "EncoderFingerprint",
+    "Failure",
+    "OnError",
+    "PairEmbeddings",
+    "check_caption",
+    "embed_pairs",
+]
 
 OnError = Literal["raise", "nan"]
+Failure = tuple[ReasonCode, str]
 
 
 class EncoderFingerprint(BaseModel):
@@ -126,6 +135,22 @@ class PairEmbeddings(BaseModel):
         return mask
 
 
+def check_caption(item: Any) -> str | Failure:
+    """The caption as text, or why it cannot be embedded (reason code, detail)."""
+    if item is None:
+        return ReasonCode.EMPTY_CAPTION, "caption is None"
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            item = bytes(item).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return ReasonCode.UNREADABLE_CAPTION, f"caption bytes are not valid UTF-8 ({exc})"
+    if not isinstance(item, str):
+        return ReasonCode.UNREADABLE_CAPTION, f"caption must be str; got {type(item).__name__}"
+    if not item.strip():
+        return ReasonCode.EMPTY_CAPTION, "caption is empty or whitespace only"
+    return item
+
+
 def embed_pairs(encoder: Encoder, batch: PairBatch) -> PairEmbeddings:
     """Embed a :class:`PairBatch` with any encoder; bad samples are reported, not fatal.
 
@@ -142,15 +167,24 @@ def embed_pairs(encoder: Encoder, batch: PairBatch) -> PairEmbeddings:
             )
         return result
     image = encoder.encode_images(batch.images, on_error="nan")
-    text = encoder.encode_texts(batch.captions, on_error="nan")
     errors: dict[int, ReasonCode] = {}
     details: dict[int, str] = {}
     for index in torch.nonzero(~torch.isfinite(image).all(dim=1)).flatten().tolist():
         errors[index] = ReasonCode.UNREADABLE_IMAGE
         details[index] = "the encoder returned a non-finite image embedding"
-    for index in torch.nonzero(~torch.isfinite(text).all(dim=1)).flatten().tolist():
-        errors.setdefault(index, ReasonCode.EMPTY_CAPTION)
-        details.setdefault(index, "the encoder returned a non-finite caption embedding")
+    # Captions are checked here so a user encoder never sees None or undecodable bytes.
+    captions = {i: check_caption(c) for i, c in enumerate(batch.captions)}
+    valid = [i for i, c in captions.items() if isinstance(c, str)]
+    text = torch.full((len(batch), image.shape[1]), float("nan"))
+    if valid:
+        text[valid] = encoder.encode_texts([captions[i] for i in valid], on_error="nan")
+    for index, checked in captions.items():
+        if not isinstance(checked, str):
+            errors.setdefault(index, checked[0])
+            details.setdefault(index, checked[1])
+        elif not torch.isfinite(text[index]).all():
+            errors.setdefault(index, ReasonCode.ENCODING_FAILED)
+            details.setdefault(index, "the encoder returned a non-finite caption embedding")
     return PairEmbeddings(
         image=image,
         text=text,

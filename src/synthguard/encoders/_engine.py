@@ -29,7 +29,8 @@ from synthguard._errors import EncoderError, InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard.data import PairBatch, as_sample_list
 from synthguard.encoders._backend import ModelBackend, hash_state_dict
-from synthguard.encoders._base import EncoderFingerprint, OnError, PairEmbeddings
+from synthguard.encoders._base import EncoderFingerprint, OnError, PairEmbeddings, check_caption
+from synthguard.encoders._base import Failure as _Failure
 from synthguard.encoders._cache import EmbeddingCache
 from synthguard.encoders._device import autocast, resolve_device, resolve_precision
 from synthguard.encoders._images import (
@@ -40,8 +41,6 @@ from synthguard.encoders._images import (
 )
 
 __all__ = ["BatchedEncoder", "CaptionTruncatedWarning"]
-
-_Failure = tuple[ReasonCode, str]
 
 
 class CaptionTruncatedWarning(UserWarning):
@@ -289,7 +288,7 @@ class BatchedEncoder:
         failures: dict[int, _Failure] = {}
         texts: dict[int, str] = {}
         for index, item in enumerate(items):
-            checked = _check_caption(item)
+            checked = check_caption(item)
             if isinstance(checked, str):
                 texts[index] = checked
             else:
@@ -445,21 +444,6 @@ def _safe_key(item: Any, key_fn: Callable[[Any], str] | None) -> str | None:
         return key_fn(item)
     except Exception:  # unreadable now: let decoding report the precise reason
         return None
-
-
-def _check_caption(item: Any) -> str | _Failure:
-    if item is None:
-        return ReasonCode.EMPTY_CAPTION, "caption is None"
-    if isinstance(item, (bytes, bytearray)):
-        try:
-            item = bytes(item).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return ReasonCode.UNREADABLE_CAPTION, f"caption bytes are not valid UTF-8 ({exc})"
-    if not isinstance(item, str):
-        return ReasonCode.UNREADABLE_CAPTION, f"caption must be str; got {type(item).__name__}"
-    if not item.strip():
-        return ReasonCode.EMPTY_CAPTION, "caption is empty or whitespace only"
-    return item
 
 
 def _check_on_error(on_error: str) -> None:
