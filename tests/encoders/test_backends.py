@@ -108,3 +108,13 @@ def test_siglip_model_loads_through_hf_spec(tmp_path: Path, tiny_hf_dir: Path) -
     txt = enc.encode_texts(["a cat", "a dog"])
     assert out.shape == (3, 32) and txt.shape == (2, 32)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def test_hf_dynamic_padding_does_not_change_embeddings(tiny_hf_dir: Path) -> None:
+    """CLIP pads to the longest caption in a batch; each caption must embed as if alone."""
+    enc = sg.load_encoder(f"hf:{tiny_hf_dir}", batch_size=3)
+    texts = ["a", "a much longer caption about a red bicycle leaning on a wall", "two cats"]
+    together = enc.encode_texts(texts)
+    alone = torch.cat([enc.encode_texts([t]) for t in texts])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    assert enc.fingerprint.preprocessing["padding"] == "longest"

@@ -61,6 +61,7 @@ class HFBackend(ModelBackend):
         self.module = model.eval()
         self._model: Any = model  # typed loosely: towers are called by name
         self._model_type = str(getattr(model.config, "model_type", "unknown"))
+        self._padding = "max_length" if "siglip" in self._model_type else "longest"
         text_config = getattr(model.config, "text_config", model.config)
         self.context_length = int(text_config.max_position_embeddings)
         accepted = inspect.signature(model.get_text_features).parameters
@@ -75,11 +76,13 @@ class HFBackend(ModelBackend):
         return pixels
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        # Truncation reserves room for the special tokens, so the end-of-text token survives;
-        # padding to the full context is how SigLIP was trained and is harmless for CLIP.
+        # Truncation reserves room for the special tokens, so the end-of-text token survives.
+        # SigLIP was trained on max-length padding and pools the last position, so it needs it;
+        # CLIP masks padding and pools the end-of-text token, so padding to the longest caption
+        # gives identical embeddings for up to ~5x less text-tower compute on short captions.
         encoded = self._tokenizer(
             texts,
-            padding="max_length",
+            padding=self._padding,
             truncation=True,
             max_length=self.context_length,
             return_tensors="pt",
@@ -104,6 +107,7 @@ class HFBackend(ModelBackend):
             "tokenizer": type(self._tokenizer).__name__,
             "context_length": self.context_length,
             "model_type": self._model_type,
+            "padding": self._padding,
             "rgb_conversion": "alpha composited on white",
         }
 
