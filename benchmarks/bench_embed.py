@@ -67,14 +67,17 @@ def _write_jpegs(images: list[np.ndarray], folder: Path) -> list[str]:
     return paths
 
 
-def _best_of(repeats: int, fn: Callable[[], Any]) -> float:
-    fn()  # warm-up: thread pools, allocator, lazy imports
-    times = []
+def _best_of(repeats: int, *fns: Callable[[], Any]) -> list[float]:
+    """Best wall time of each function, run interleaved so machine noise hits all alike."""
+    for fn in fns:
+        fn()  # warm-up: thread pools, allocator, lazy imports
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best
 
 
 def _build_models(name: str, root: Path) -> tuple[Path, Path]:
@@ -129,8 +132,7 @@ def bench_engine_vs_limit(oc_dir: Path, paths: list[str], batch_size: int, repea
             for start in range(0, len(pixels), batch_size):
                 model.encode_image(pixels[start : start + batch_size])
 
-    t_limit = _best_of(repeats, limit)
-    t_engine = _best_of(repeats, lambda: enc.encode_images(paths))
+    t_limit, t_engine = _best_of(repeats, limit, lambda: enc.encode_images(paths))
     n = len(paths)
     return {
         "limit_img_s": n / t_limit,
@@ -187,8 +189,7 @@ def bench_vs_torchmetrics(
         return float(metric.compute())
 
     score_ours, score_theirs = ours(), theirs()
-    t_ours = _best_of(repeats, ours)
-    t_theirs = _best_of(repeats, theirs)
+    t_ours, t_theirs = _best_of(repeats, ours, theirs)
     n = len(paths)
     return {
         "synthguard_pairs_s": n / t_ours,
