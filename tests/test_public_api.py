@@ -12,6 +12,7 @@ TOP_LEVEL = {
     "CaptionTruncatedWarning",
     "CorruptFileError",
     "Encoder",
+    "EmbeddingStats",
     "EncoderError",
     "EncoderFingerprint",
     "EncoderLoadError",
@@ -22,6 +23,7 @@ TOP_LEVEL = {
     "ReasonCode",
     "SynthGuardError",
     "__version__",
+    "functional",
     "load_encoder",
 }
 
@@ -41,6 +43,43 @@ ENCODERS = {
     "load_encoder",
     "load_image",
 }
+
+
+FUNCTIONAL = {
+    "AlignmentSummary",
+    "CaptionStats",
+    "CentroidShift",
+    "LabelDrift",
+    "PRDCResult",
+    "PermutationTestResult",
+    "alignment",
+    "alignment_summary",
+    "caption_stats",
+    "centroid_shift",
+    "clip_score",
+    "cmmd",
+    "content_hash",
+    "effective_rank",
+    "exact_duplicates",
+    "frechet_distance",
+    "knn_radii",
+    "label_drift",
+    "mean_pairwise_cosine",
+    "mmd2_unbiased",
+    "mmd_permutation_test",
+    "modality_gap",
+    "near_duplicates",
+    "prdc",
+    "simple_tokenize",
+    "total_variance",
+    "vendi_score",
+}
+
+
+def test_functional_surface_is_frozen() -> None:
+    assert set(sg.functional.__all__) == FUNCTIONAL
+    for name in FUNCTIONAL:
+        assert callable(getattr(sg.functional, name)), name
 
 
 def test_top_level_surface_is_frozen() -> None:

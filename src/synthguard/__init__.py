@@ -7,6 +7,7 @@ Example:
     True
 """
 
+from synthguard import functional
 from synthguard._errors import (
     CorruptFileError,
     EncoderError,
@@ -25,6 +26,7 @@ from synthguard.encoders import (
     PairEmbeddings,
     load_encoder,
 )
+from synthguard.stats import EmbeddingStats
 
 __version__ = "0.1.0.dev0"
 
@@ -32,6 +34,7 @@ __all__ = [
     "BatchedEncoder",
     "CaptionTruncatedWarning",
     "CorruptFileError",
+    "EmbeddingStats",
     "Encoder",
     "EncoderError",
     "EncoderFingerprint",
@@ -43,5 +46,6 @@ __all__ = [
     "ReasonCode",
     "SynthGuardError",
     "__version__",
+    "functional",
     "load_encoder",
 ]
