@@ -25,6 +25,7 @@ TOP_LEVEL = {
     "__version__",
     "functional",
     "load_encoder",
+    "relabel",
 }
 
 ENCODERS = {
@@ -74,6 +75,29 @@ FUNCTIONAL = {
     "total_variance",
     "vendi_score",
 }
+
+
+RELABEL = {
+    "DEFAULT_LOGIT_SCALE",
+    "LABEL_POLICIES",
+    "CaptionChoice",
+    "Captioner",
+    "LabelDecision",
+    "LabelPolicy",
+    "Recaptioner",
+    "Relabel",
+    "RerankResult",
+    "ZeroShotLabeler",
+    "ZeroShotPrediction",
+    "rerank_captions",
+    "resolve_labels",
+}
+
+
+def test_relabel_surface_is_frozen() -> None:
+    assert set(sg.relabel.__all__) == RELABEL
+    for name in RELABEL:
+        assert hasattr(sg.relabel, name), name
 
 
 def test_functional_surface_is_frozen() -> None:

@@ -7,7 +7,7 @@ Example:
     True
 """
 
-from synthguard import functional
+from synthguard import functional, relabel
 from synthguard._errors import (
     CorruptFileError,
     EncoderError,
@@ -48,4 +48,5 @@ __all__ = [
     "__version__",
     "functional",
     "load_encoder",
+    "relabel",
 ]

@@ -1,0 +1,397 @@
+"""Zero-shot labels from a frozen grounding encoder, and the keep / relabel / reject rule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from synthguard._errors import InvalidInputError
+from synthguard._validation import check_float, check_labels, describe
+from synthguard.data import as_sample_list
+from synthguard.encoders._base import Encoder
+from synthguard.relabel._common import Relabel, Score, encoder_dim, image_rows
+
+__all__ = [
+    "DEFAULT_LOGIT_SCALE",
+    "LABEL_POLICIES",
+    "LabelDecision",
+    "LabelPolicy",
+    "ZeroShotLabeler",
+    "ZeroShotPrediction",
+    "resolve_labels",
+]
+
+LabelPolicy = Literal["keep", "relabel", "reject"]
+#: What to do when the given label disagrees with the frozen model's prediction.
+LABEL_POLICIES: tuple[LabelPolicy, ...] = ("keep", "relabel", "reject")
+#: CLIP's trained temperature saturates at 100; used when the encoder exposes none.
+DEFAULT_LOGIT_SCALE = 100.0
+
+
+class ZeroShotPrediction(BaseModel):
+    """Per-sample zero-shot predictions of a :class:`ZeroShotLabeler`.
+
+    Attributes:
+        labels: ``[n]`` int64 predicted class; ``-1`` for a sample without a finite embedding.
+        confidence: ``[n]`` float64 softmax probability of the predicted class (NaN if none).
+        margin: ``[n]`` float64 cosine of the top class minus that of the runner-up (NaN if
+            none). Unlike ``confidence`` it does not depend on the logit scale.
+        scores: ``[n, C]`` float64 cosine of each image to each class prompt embedding.
+        label_names: the class names, ``label_names[c]`` for class ``c``.
+        logit_scale: the temperature used for ``confidence``.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    labels: torch.Tensor
+    confidence: torch.Tensor
+    margin: torch.Tensor
+    scores: torch.Tensor
+    label_names: tuple[str, ...]
+    logit_scale: float
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """``[n]`` bool: the sample got a prediction."""
+        return self.labels >= 0
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """``[n, C]`` softmax over classes of ``logit_scale * scores`` (NaN rows stay NaN)."""
+        return torch.softmax(self.logit_scale * self.scores, dim=1)
+
+    def names(self) -> list[str | None]:
+        """The predicted class names (``None`` where there is no prediction)."""
+        return [self.label_names[c] if c >= 0 else None for c in self.labels.tolist()]
+
+
+class ZeroShotLabeler:
+    """Class labels predicted by a frozen image–text encoder from class-name prompts.
+
+    Each class is represented by its prompts (every template filled in with the class name),
+    embedded by the encoder, L2-normalised, averaged and renormalised: CLIP's prompt
+    ensembling (Radford et al. 2021, §3.1.4). The class embeddings are computed on first use
+    and cached; an image's label is the class of highest cosine.
+
+    Args:
+        encoder: the frozen grounding encoder (anything implementing
+            :class:`~synthguard.encoders.Encoder`).
+        label_names: one name per class, ``label_names[c]`` for class ``c`` (non-empty, unique,
+            at least two).
+        templates: prompt templates, each containing ``{name}``; a single string is one template.
+        logit_scale: softmax temperature for ``confidence``. ``None`` reads the model's own
+            trained ``logit_scale`` (``exp`` of the stored log scale, as in open_clip and
+            transformers CLIP) and falls back to 100.
+
+    Raises:
+        InvalidInputError: a bad ``label_names``, ``templates`` or ``logit_scale``.
+
+    Example:
+        >>> import synthguard as sg
+        >>> from synthguard.datasets import DIGIT_NAMES, load_digits
+        >>> enc = sg.load_encoder("bundled:digits")
+        >>> labeler = ZeroShotLabeler(enc, DIGIT_NAMES, templates="a handwritten digit {name}")
+        >>> test = load_digits("test")
+        >>> pred = labeler.predict(enc.encode_images(test.images[:4]))
+        >>> pred.names() == [DIGIT_NAMES[y] for y in test.labels[:4]]
+        True
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        label_names: Sequence[str],
+        templates: str | Sequence[str] = ("a photo of a {name}",),
+        logit_scale: float | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.label_names = _check_label_names(label_names)
+        self.templates = _check_templates(templates)
+        self.logit_scale = (
+            None
+            if logit_scale is None
+            else check_float("logit_scale", logit_scale, low=0.0, low_open=True)
+        )
+        self._class_embeddings: torch.Tensor | None = None
+
+    @property
+    def prompts(self) -> list[list[str]]:
+        """``prompts[c][t]``: template ``t`` filled in with class ``c``'s name."""
+        return [[t.format(name=name) for t in self.templates] for name in self.label_names]
+
+    @property
+    def class_embeddings(self) -> torch.Tensor:
+        """``[C, dim]`` float32 unit rows: the ensembled prompt embedding of each class."""
+        if self._class_embeddings is None:
+            self._class_embeddings = self._embed_prompts()
+        return self._class_embeddings
+
+    @property
+    def effective_logit_scale(self) -> float:
+        """The temperature actually used: the argument, the model's own, or 100."""
+        if self.logit_scale is not None:
+            return self.logit_scale
+        return _model_logit_scale(self.encoder) or DEFAULT_LOGIT_SCALE
+
+    def predict(self, image_embeddings: Any) -> ZeroShotPrediction:
+        """Predict a class for each image embedding.
+
+        Args:
+            image_embeddings: ``[n, dim]`` embeddings from the same encoder. Rows that are NaN
+                (samples the encoder could not embed) give label ``-1`` and NaN confidence and
+                margin instead of an error.
+
+        Returns:
+            A :class:`ZeroShotPrediction`.
+        """
+        classes = self.class_embeddings.to(torch.float64)
+        x = image_rows("image_embeddings", image_embeddings, classes.shape[1])
+        scores = x @ classes.T  # NaN rows stay NaN
+        n = x.shape[0]
+        labels = torch.full((n,), -1, dtype=torch.int64)
+        confidence = torch.full((n,), math.nan, dtype=torch.float64)
+        margin = torch.full((n,), math.nan, dtype=torch.float64)
+        valid = ~torch.isnan(scores).any(dim=1)
+        scale = self.effective_logit_scale
+        if bool(valid.any()):
+            s = scores[valid]
+            top = s.argmax(dim=1)  # first index on ties
+            two = s.topk(2, dim=1).values
+            labels[valid] = top
+            margin[valid] = two[:, 0] - two[:, 1]
+            confidence[valid] = torch.softmax(scale * s, dim=1).gather(1, top[:, None])[:, 0]
+        return ZeroShotPrediction(
+            labels=labels,
+            confidence=confidence,
+            margin=margin,
+            scores=scores,
+            label_names=self.label_names,
+            logit_scale=scale,
+        )
+
+    def predict_images(self, images: Any) -> ZeroShotPrediction:
+        """Embed ``images`` with the encoder (bad ones become NaN rows) and :meth:`predict`."""
+        return self.predict(
+            self.encoder.encode_images(as_sample_list(images, "images"), on_error="nan")
+        )
+
+    def _embed_prompts(self) -> torch.Tensor:
+        prompts = [p for row in self.prompts for p in row]
+        dim = encoder_dim(self.encoder)
+        raw = self.encoder.encode_texts(prompts, on_error="nan")
+        emb = image_rows("encoder.encode_texts output", raw, dim, n=len(prompts))
+        bad = torch.nonzero(torch.isnan(emb).any(dim=1)).flatten().tolist()
+        if bad:
+            raise InvalidInputError(
+                f"the encoder could not embed prompt {prompts[bad[0]]!r}; every prompt must "
+                f"embed ({len(bad)} of {len(prompts)} failed)"
+            )
+        # Normalise each prompt, average per class, renormalise (in float64).
+        mean = emb.reshape(len(self.label_names), len(self.templates), dim).mean(dim=1)
+        return torch.nn.functional.normalize(mean, dim=1).to(torch.float32)
+
+    def __repr__(self) -> str:
+        return (
+            f"ZeroShotLabeler(classes={len(self.label_names)}, templates={len(self.templates)}, "
+            f"logit_scale={self.logit_scale})"
+        )
+
+
+class LabelDecision(BaseModel):
+    """What happens to one sample's label (see :func:`resolve_labels`).
+
+    Attributes:
+        index: position of the sample.
+        given: the label the sample came with.
+        predicted: the frozen model's label (``-1``: no prediction, the image did not embed).
+        confidence: softmax probability of ``predicted`` (NaN without a prediction).
+        margin: top-1 minus top-2 cosine (NaN without a prediction).
+        agrees: ``predicted == given``; ``None`` without a prediction.
+        action: ``"keep"``, ``"relabel"`` or ``"reject"``.
+        new_label: the label the sample carries on (``None`` when rejected).
+        provenance: the :class:`Relabel` record, with the cosine of the image to the given and
+            to the predicted class (``applied`` is true only for ``"relabel"``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    given: int
+    predicted: int
+    confidence: Score
+    margin: Score
+    agrees: bool | None
+    action: LabelPolicy
+    new_label: int | None
+    provenance: Relabel
+
+    @property
+    def reason(self) -> str:
+        """Why this action, in words."""
+        return self.provenance.reason
+
+
+def resolve_labels(
+    given: Any,
+    prediction: ZeroShotPrediction,
+    policy: LabelPolicy,
+    *,
+    min_confidence: float = 0.0,
+    min_margin: float = 0.0,
+) -> list[LabelDecision]:
+    """Decide, per sample, whether to keep, relabel or reject its label.
+
+    A sample whose given label agrees with the prediction is kept. On disagreement the
+    ``policy`` acts only when the frozen model is sure enough (``confidence >= min_confidence``
+    and ``margin >= min_margin``); a less certain disagreement is recorded but the label kept.
+    A sample without a prediction (NaN embedding) keeps its label unchecked (``agrees=None``):
+    the unreadable image is its own reject reason, not a label disagreement.
+
+    Args:
+        given: ``[n]`` integer labels in ``[0, C)``.
+        prediction: the labeler's prediction for the same ``n`` samples.
+        policy: ``"keep"`` (never change), ``"relabel"`` (take the prediction) or ``"reject"``.
+        min_confidence: least softmax probability in ``[0, 1]`` for a disagreement to act.
+        min_margin: least top-1 minus top-2 cosine in ``[0, 2]`` for a disagreement to act.
+
+    Returns:
+        One :class:`LabelDecision` per sample, in order.
+
+    Example:
+        >>> pred = ZeroShotPrediction(labels=torch.tensor([0, 1]),
+        ...     confidence=torch.tensor([0.9, 0.8], dtype=torch.float64),
+        ...     margin=torch.tensor([0.3, 0.2], dtype=torch.float64),
+        ...     scores=torch.tensor([[0.5, 0.2], [0.1, 0.3]], dtype=torch.float64),
+        ...     label_names=("cat", "dog"), logit_scale=100.0)
+        >>> [d.action for d in resolve_labels([0, 0], pred, "relabel")]
+        ['keep', 'relabel']
+        >>> [d.new_label for d in resolve_labels([0, 0], pred, "reject")]
+        [0, None]
+    """
+    if policy not in LABEL_POLICIES:
+        raise InvalidInputError(f"policy must be one of {LABEL_POLICIES}; got {describe(policy)}")
+    if not isinstance(prediction, ZeroShotPrediction):
+        raise InvalidInputError(
+            f"prediction must be a ZeroShotPrediction; got {type(prediction).__name__}"
+        )
+    min_confidence = check_float("min_confidence", min_confidence, low=0.0, high=1.0)
+    min_margin = check_float("min_margin", min_margin, low=0.0, high=2.0)
+    n, num_classes = prediction.scores.shape
+    labels = check_labels("given", given, n, num_classes).tolist()
+    decisions: list[LabelDecision] = []
+    for i, g in enumerate(labels):
+        p = int(prediction.labels[i])
+        conf = float(prediction.confidence[i])
+        marg = float(prediction.margin[i])
+        row = prediction.scores[i]
+        agrees: bool | None = None if p < 0 else p == g
+        action: LabelPolicy = "keep"
+        if p < 0:
+            reason = "no prediction: the image has no finite embedding; label left unchecked"
+        elif agrees:
+            reason = "the frozen model agrees with the given label"
+        elif policy == "keep":
+            reason = f"disagrees (predicted {p}); policy 'keep' keeps the given label"
+        elif conf < min_confidence or marg < min_margin:
+            reason = (
+                f"disagrees (predicted {p}) but not confidently (confidence {conf:.3f}, "
+                f"margin {marg:.3f} vs min {min_confidence:g}, {min_margin:g}); label kept"
+            )
+        else:
+            action = policy
+            verb = "relabeled" if policy == "relabel" else "rejected"
+            reason = f"disagrees (predicted {p}, confidence {conf:.3f}); {verb}"
+        new_label = p if action == "relabel" else (None if action == "reject" else g)
+        record = Relabel(
+            index=i,
+            field="label",
+            method="zero_shot",
+            old_value=g,
+            new_value=p if p >= 0 else None,
+            old_score=float(row[g]),
+            new_score=float(row[p]) if p >= 0 else math.nan,
+            applied=action == "relabel",
+            reason=reason,
+        )
+        decisions.append(
+            LabelDecision(
+                index=i,
+                given=g,
+                predicted=p,
+                confidence=conf,
+                margin=marg,
+                agrees=agrees,
+                action=action,
+                new_label=new_label,
+                provenance=record,
+            )
+        )
+    return decisions
+
+
+def _check_label_names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidInputError(
+            f"label_names must be a sequence of class-name strings; got {describe(value)}"
+        )
+    names = tuple(value)
+    if len(names) < 2:
+        raise InvalidInputError(
+            f"label_names must name at least two classes (zero-shot picks among them); "
+            f"got {describe(list(names))}"
+        )
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInputError(
+                f"label_names must be non-empty strings; label_names[{i}] = {describe(name)}"
+            )
+        if name in seen:
+            raise InvalidInputError(
+                f"label_names must be unique; label_names[{i}] = {name!r} repeats "
+                f"label_names[{seen[name]}]"
+            )
+        seen[name] = i
+    return names
+
+
+def _check_templates(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, Sequence) or not value:
+        raise InvalidInputError(
+            f"templates must be a non-empty sequence of strings containing '{{name}}'; "
+            f"got {describe(value)}"
+        )
+    out: list[str] = []
+    for i, template in enumerate(value):
+        if not isinstance(template, str) or "{name}" not in template:
+            raise InvalidInputError(
+                f"templates must each contain '{{name}}'; templates[{i}] = {describe(template)}"
+            )
+        try:
+            template.format(name="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InvalidInputError(
+                f"templates may use only the '{{name}}' field (escape braces as '{{{{'); "
+                f"templates[{i}] = {template!r} fails: {type(exc).__name__}: {exc}"
+            ) from exc
+        out.append(template)
+    return tuple(out)
+
+
+def _model_logit_scale(encoder: Any) -> float | None:
+    """``exp(logit_scale)`` of an open_clip / transformers module, if the encoder exposes one."""
+    raw = getattr(getattr(encoder, "module", None), "logit_scale", None)
+    if isinstance(raw, torch.Tensor) and raw.numel() == 1:
+        value = float(raw.detach().to("cpu", torch.float64).exp())
+        if math.isfinite(value) and value > 0:
+            return value
+    return None
