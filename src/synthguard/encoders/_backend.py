@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import importlib.metadata
 from typing import Any
 
 import torch
 from PIL import Image
 
-__all__ = ["ModelBackend", "hash_state_dict"]
+__all__ = ["ModelBackend", "hash_state_dict", "package_version"]
 
 
 class ModelBackend(abc.ABC):
@@ -22,6 +23,7 @@ class ModelBackend(abc.ABC):
     Attributes:
         model_id: the spec it was loaded from (goes into the fingerprint).
         backend_name: ``"open_clip"``, ``"transformers"``, ...
+        library: the distribution whose version is recorded in the fingerprint.
         module: the ``torch.nn.Module`` holding all weights (moved to the device by the engine).
         dim: embedding dimension.
         context_length: maximum caption length in tokens, special tokens included.
@@ -29,6 +31,7 @@ class ModelBackend(abc.ABC):
 
     model_id: str
     backend_name: str
+    library: str
     module: torch.nn.Module
     dim: int
     context_length: int
@@ -60,9 +63,21 @@ class ModelBackend(abc.ABC):
     def preprocessing(self) -> dict[str, Any]:
         """Everything about preprocessing that changes embeddings (for the fingerprint)."""
 
-    @abc.abstractmethod
     def versions(self) -> dict[str, str]:
-        """Versions of the libraries the model runs on (provenance)."""
+        """Versions of the libraries the model runs on (provenance, not part of the digest)."""
+        return {
+            "torch": torch.__version__,
+            self.library: package_version(self.library),
+            "synthguard": package_version("synthguard"),
+        }
+
+
+def package_version(package: str) -> str:
+    """Installed version of ``package``, or ``"unknown"``."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def hash_state_dict(module: torch.nn.Module) -> str:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from synthguard._errors import EncoderLoadError
 from synthguard.encoders._backend import ModelBackend
-from synthguard.encoders._openclip import _version
+from synthguard.encoders._images import RGB_CONVERSION
 
 __all__ = ["HFBackend"]
 
@@ -37,6 +37,7 @@ class HFBackend(ModelBackend):
     """
 
     backend_name = "transformers"
+    library = "transformers"
 
     def __init__(self, name_or_path: str, *, model_id: str) -> None:
         import transformers  # local: transformers is slow to import
@@ -108,12 +109,5 @@ class HFBackend(ModelBackend):
             "context_length": self.context_length,
             "model_type": self._model_type,
             "padding": self._padding,
-            "rgb_conversion": "alpha composited on white",
-        }
-
-    def versions(self) -> dict[str, str]:
-        return {
-            "torch": torch.__version__,
-            "transformers": _version("transformers"),
-            "synthguard": _version("synthguard"),
+            "rgb_conversion": RGB_CONVERSION,
         }

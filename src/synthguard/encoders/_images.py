@@ -25,6 +25,8 @@ __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageDecodeError", "content_key", "load_
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 _WHITE = (255, 255, 255)
+#: How transparency becomes RGB; recorded in encoder fingerprints (it changes embeddings).
+RGB_CONVERSION = "alpha composited on white"
 
 
 class ImageDecodeError(Exception):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
 
 import torch
@@ -10,15 +9,9 @@ from PIL import Image
 
 from synthguard._errors import EncoderLoadError
 from synthguard.encoders._backend import ModelBackend
+from synthguard.encoders._images import RGB_CONVERSION
 
 __all__ = ["OpenClipBackend"]
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class OpenClipBackend(ModelBackend):
@@ -32,6 +25,7 @@ class OpenClipBackend(ModelBackend):
     """
 
     backend_name = "open_clip"
+    library = "open_clip_torch"
 
     def __init__(self, model_name: str, pretrained: str | None, *, model_id: str) -> None:
         import open_clip  # local: importing open_clip costs ~1 s and pulls in timm
@@ -93,12 +87,5 @@ class OpenClipBackend(ModelBackend):
             "transform": repr(self._preprocess),
             "tokenizer": type(self._tokenizer).__name__,
             "context_length": self.context_length,
-            "rgb_conversion": "alpha composited on white",
-        }
-
-    def versions(self) -> dict[str, str]:
-        return {
-            "torch": torch.__version__,
-            "open_clip_torch": _version("open_clip_torch"),
-            "synthguard": _version("synthguard"),
+            "rgb_conversion": RGB_CONVERSION,
         }
