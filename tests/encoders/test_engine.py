@@ -248,3 +248,13 @@ def test_without_prefetch_preparation_never_overlaps_the_forward(tiny_openclip_d
     assert sg.load_encoder(f"openclip:local-dir:{tiny_openclip_dir}").prefetch_batches == (
         0 if not torch.cuda.is_available() else 2
     )
+
+
+def test_context_manager_closes_workers(tiny_openclip_dir: Path, tmp_path: Path) -> None:
+    spec = f"openclip:local-dir:{tiny_openclip_dir}"
+    with sg.load_encoder(spec, cache_dir=tmp_path) as enc:
+        enc.encode_images(_images(2))
+    with pytest.raises(sg.EncoderError, match="was closed"):
+        enc.encode_images(_images(1))
+    with pytest.raises(sg.EncoderError, match="was closed"):
+        enc.encode_texts(["a"])

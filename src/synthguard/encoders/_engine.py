@@ -117,6 +117,7 @@ class BatchedEncoder:
         self._cache_dir = cache_dir
         backend.module.to(self._device).eval().requires_grad_(False)
         self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="synthguard-prep")
+        self._closed = False
 
     # -- the Encoder protocol ---------------------------------------------------------------
     @property
@@ -233,10 +234,17 @@ class BatchedEncoder:
         )
 
     def close(self) -> None:
-        """Stop the worker threads and close the cache."""
+        """Stop the worker threads and close the cache; the encoder cannot be used afterwards."""
+        self._closed = True
         self._pool.shutdown(wait=True)
         if self._cache_dir is not None and "cache" in self.__dict__ and self.cache is not None:
             self.cache.close()
+
+    def __enter__(self) -> BatchedEncoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (
@@ -245,9 +253,14 @@ class BatchedEncoder:
         )
 
     # -- images -------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EncoderError(f"{self.model_id}: this encoder was closed; load a new one")
+
     def _encode_images(
         self, items: Sequence[Any], progress: bool | None
     ) -> tuple[torch.Tensor, dict[int, _Failure]]:
+        self._check_open()
         out = torch.full((len(items), self.dim), math.nan, dtype=torch.float32)
         failures: dict[int, _Failure] = {}
         todo, keys = self._from_cache("image", items, out, content_key)
@@ -283,6 +296,7 @@ class BatchedEncoder:
     def _encode_texts(
         self, items: Sequence[Any], progress: bool | None
     ) -> tuple[torch.Tensor, dict[int, _Failure], torch.Tensor]:
+        self._check_open()
         out = torch.full((len(items), self.dim), math.nan, dtype=torch.float32)
         truncated = torch.zeros(len(items), dtype=torch.bool)
         failures: dict[int, _Failure] = {}
