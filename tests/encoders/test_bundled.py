@@ -66,4 +66,4 @@ def test_cli_demo_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_cli_reports_library_errors_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--batch-size", "0", "--no-progress"]) == 2
-    assert "batch_size must be a positive integer" in capsys.readouterr().err
+    assert "batch_size must be >= 1, got 0" in capsys.readouterr().err

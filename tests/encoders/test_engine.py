@@ -163,7 +163,7 @@ def test_device_and_precision_resolution(tiny_openclip_dir: Path) -> None:
     assert enc.precision == ("fp32" if expected == "cpu" else enc.precision)
     with pytest.raises(sg.InvalidInputError, match="precision must be one of"):
         sg.load_encoder(spec, precision="fp8")
-    with pytest.raises(sg.InvalidInputError, match="batch_size must be a positive integer"):
+    with pytest.raises(sg.InvalidInputError, match="batch_size must be >= 1, got 0"):
         sg.load_encoder(spec, batch_size=0)
     if not torch.cuda.is_available():
         with pytest.raises(sg.InvalidInputError, match="CUDA is not available"):

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from synthguard._errors import EncoderError, InvalidInputError
 from synthguard._reasons import ReasonCode
+from synthguard._validation import check_int
 from synthguard.data import PairBatch, as_sample_list
 from synthguard.encoders._backend import ModelBackend, hash_state_dict
 from synthguard.encoders._base import EncoderFingerprint, OnError, PairEmbeddings, check_caption
@@ -88,13 +89,13 @@ class BatchedEncoder:
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         output_device: str | torch.device = "cpu",
     ) -> None:
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size, minimum=1)
         if prefetch_batches is not None:
-            _check_non_negative_int("prefetch_batches", prefetch_batches)
+            check_int("prefetch_batches", prefetch_batches, minimum=0)
         if num_workers is not None:
-            _check_positive_int("num_workers", num_workers)
+            check_int("num_workers", num_workers, minimum=1)
         if max_image_pixels is not None:
-            _check_positive_int("max_image_pixels", max_image_pixels)
+            check_int("max_image_pixels", max_image_pixels, minimum=1)
         self._backend = backend
         self._device = resolve_device(device)
         self._precision = resolve_precision(precision, self._device)
@@ -463,16 +464,6 @@ def _safe_key(item: Any, key_fn: Callable[[Any], str] | None) -> str | None:
 def _check_on_error(on_error: str) -> None:
     if on_error not in ("raise", "nan"):
         raise InvalidInputError(f"on_error must be 'raise' or 'nan'; got {on_error!r}")
-
-
-def _check_non_negative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInputError(f"{name} must be a non-negative integer; got {value!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
 
 
 def _non_empty(values: Any, name: str) -> list[Any]:
