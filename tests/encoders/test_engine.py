@@ -220,7 +220,7 @@ def _timeline(tiny_openclip_dir: Path, prefetch: int) -> list[str]:
         def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
             with lock:
                 events.append("forward")
-            time.sleep(0.05)  # long enough for prefetching workers to run meanwhile
+            time.sleep(0.2)  # long enough for prefetching workers to run meanwhile
             out = super().image_features(pixel_values)
             with lock:
                 events.append("done")
