@@ -253,11 +253,11 @@ class BatchedEncoder:
             f"precision={self.precision!r}, batch_size={self.batch_size})"
         )
 
-    # -- images -------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise EncoderError(f"{self.model_id}: this encoder was closed; load a new one")
 
+    # -- images -------------------------------------------------------------------------------
     def _encode_images(
         self, items: Sequence[Any], progress: bool | None
     ) -> tuple[torch.Tensor, dict[int, _Failure]]:
@@ -316,8 +316,7 @@ class BatchedEncoder:
         todo = [i for i in todo if i in texts]
         bar = self._bar(len(valid), "captions", progress)
         bar.update(len(valid) - len(todo))
-        size = self.batch_size
-        chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+        chunks = self._chunks(todo)
         futures = (self._pool.submit(self._backend.tokenize, [texts[i] for i in c]) for c in chunks)
         for indices, future in zip(chunks, _ahead(futures, self.prefetch_batches), strict=True):
             features = self._run_model(self._backend.text_features, future.result())
@@ -331,11 +330,15 @@ class BatchedEncoder:
         self, indices: list[int], prepare: Callable[[int], Any]
     ) -> Iterator[tuple[list[int], list[Any]]]:
         """Yield (chunk indices, prepared samples), keeping ``prefetch_batches`` chunks queued."""
-        size = self.batch_size
-        chunks = [indices[start : start + size] for start in range(0, len(indices), size)]
+        chunks = self._chunks(indices)
         submitted = ([self._pool.submit(prepare, i) for i in chunk] for chunk in chunks)
         for chunk, futures in zip(chunks, _ahead(submitted, self.prefetch_batches), strict=True):
             yield chunk, [future.result() for future in futures]
+
+    def _chunks(self, indices: list[int]) -> list[list[int]]:
+        """Split sample indices into forward-pass batches of the current ``batch_size``."""
+        size = self.batch_size
+        return [indices[start : start + size] for start in range(0, len(indices), size)]
 
     def _run_model(
         self, forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]
