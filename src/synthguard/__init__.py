@@ -26,6 +26,10 @@ from synthguard.encoders import (
     PairEmbeddings,
     load_encoder,
 )
+from synthguard.guard import Guard
+from synthguard.policy import GuardConfig
+from synthguard.reference import Reference
+from synthguard.report import GuardReport, MetricResult, SampleDecision
 from synthguard.stats import EmbeddingStats
 
 __version__ = "0.1.0.dev0"
@@ -39,11 +43,17 @@ __all__ = [
     "EncoderError",
     "EncoderFingerprint",
     "EncoderLoadError",
+    "Guard",
+    "GuardConfig",
+    "GuardReport",
     "IncompatibleStatsError",
     "InvalidInputError",
+    "MetricResult",
     "PairBatch",
     "PairEmbeddings",
     "ReasonCode",
+    "Reference",
+    "SampleDecision",
     "SynthGuardError",
     "__version__",
     "functional",

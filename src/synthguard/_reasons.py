@@ -22,6 +22,16 @@ class ReasonCode(str, Enum):
     """The caption is not text (wrong type, or bytes that are not valid UTF-8)."""
     ENCODING_FAILED = "encoding_failed"
     """The model produced a non-finite or zero embedding for this sample."""
+    LOW_ALIGNMENT = "low_alignment"
+    """Image and caption agree less than real pairs do (below the calibrated quantile)."""
+    LABEL_MISMATCH = "label_mismatch"
+    """The frozen grounding model confidently predicts a different class than the label."""
+    NEAR_DUPLICATE = "near_duplicate"
+    """The image is closer to an earlier image of the same batch than real neighbours get."""
+    OFF_MANIFOLD = "off_manifold"
+    """The image is farther from the real reference (k-NN distance) than real samples are."""
+    REFERENCE_COPY = "reference_copy"
+    """The image is closer to a reference image than real samples get: a likely copy."""
 
     def __str__(self) -> str:
         return self.value

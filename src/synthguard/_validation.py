@@ -59,8 +59,9 @@ def check_float(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    high_open: bool = False,
 ) -> float:
-    """Return ``value`` as a finite float in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
+    """Return ``value`` as a finite float in ``[low, high]``; ``*_open`` excludes that end."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidInputError(f"{name} must be a real number, got {describe(value)}")
     out = float(value)
@@ -68,8 +69,8 @@ def check_float(
         raise InvalidInputError(f"{name} must be finite, got {out}")
     if low is not None and (out <= low if low_open else out < low):
         raise InvalidInputError(f"{name} must be {'>' if low_open else '>='} {low}, got {out}")
-    if high is not None and out > high:
-        raise InvalidInputError(f"{name} must be <= {high}, got {out}")
+    if high is not None and (out >= high if high_open else out > high):
+        raise InvalidInputError(f"{name} must be {'<' if high_open else '<='} {high}, got {out}")
     return out
 
 
@@ -223,3 +224,13 @@ def check_edges(name: str, edges: Any, *, default: tuple[float, float, int]) -> 
     if not bool((t[1:] > t[:-1]).all()):
         raise InvalidInputError(f"{name} must be strictly increasing")
     return t.contiguous()
+
+
+def check_label_range(labels: Sequence[int], num_labels: int, name: str = "labels") -> None:
+    """Raise if a label is outside ``[0, num_labels)`` (one per ``label_names`` entry)."""
+    for i, label in enumerate(labels):
+        if not 0 <= label < num_labels:
+            raise InvalidInputError(
+                f"{name}[{i}] must be a class index in [0, {num_labels}) (one per label_names "
+                f"entry); got {label}"
+            )

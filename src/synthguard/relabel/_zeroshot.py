@@ -89,6 +89,9 @@ class ZeroShotLabeler:
         logit_scale: softmax temperature for ``confidence``. ``None`` reads the model's own
             trained ``logit_scale`` (``exp`` of the stored log scale, as in open_clip and
             transformers CLIP) and falls back to 100.
+        class_embeddings: optional ``[C, dim]`` class embeddings computed earlier (e.g. stored
+            in a :class:`~synthguard.Reference`), used instead of embedding the prompts, so a
+            loaded reference classifies exactly as it did when it was calibrated.
 
     Raises:
         InvalidInputError: a bad ``label_names``, ``templates`` or ``logit_scale``.
@@ -110,6 +113,7 @@ class ZeroShotLabeler:
         label_names: Sequence[str],
         templates: str | Sequence[str] = ("a photo of a {name}",),
         logit_scale: float | None = None,
+        class_embeddings: Any = None,
     ) -> None:
         self.encoder = encoder
         self.label_names = _check_label_names(label_names)
@@ -120,6 +124,13 @@ class ZeroShotLabeler:
             else check_float("logit_scale", logit_scale, low=0.0, low_open=True)
         )
         self._class_embeddings: torch.Tensor | None = None
+        if class_embeddings is not None:
+            rows = image_rows(
+                "class_embeddings", class_embeddings, encoder_dim(encoder), n=len(self.label_names)
+            )
+            if bool(torch.isnan(rows).any()):
+                raise InvalidInputError("class_embeddings must be finite, non-zero rows")
+            self._class_embeddings = rows.to(torch.float32)
 
     @property
     def prompts(self) -> list[list[str]]:

@@ -1,0 +1,101 @@
+"""GuardConfig: every knob of the decision rules, validated, frozen and documented."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from synthguard._calibration import BATCH_TESTS
+
+__all__ = ["BatchTest", "GuardConfig", "SampleCheck"]
+
+SampleCheck = Literal["low_alignment", "off_manifold", "reference_copy", "label_mismatch"]
+BatchTest = Literal[
+    "alignment_mean",
+    "variance_ratio",
+    "vendi_ratio",
+    "coverage",
+    "frechet_distance",
+    "cmmd",
+    "duplicate_rate",
+    "flag_rate",
+]
+
+
+class GuardConfig(BaseModel):
+    """Configuration of :class:`~synthguard.Guard`; a misspelled field is an error.
+
+    Thresholds are not set here: they are calibrated on the reference at the error rates
+    below. Defaults follow DESIGN.md §5.
+
+    Attributes:
+        alpha: target per-sample false-reject rate on real data. The per-sample checks are
+            calibrated *jointly*: a real pair fails at least one of them with probability
+            ``alpha``.
+        alpha_batch: family-wise error rate of the batch tests (Holm's correction): a real
+            batch is rejected with probability at most ``alpha_batch``.
+        n_resamples: real-vs-real resamples per batch size for the batch tests' null
+            distributions. Must allow the smallest Holm level, ``(n_resamples + 1) ·
+            alpha_batch / len(batch_tests) >= 1``.
+        seed: seed of the resamples and of row subsampling; equal seeds give equal reports.
+        label_policy: what a calibrated label disagreement does: ``"relabel"`` (take the frozen
+            model's label), ``"reject"`` (reason ``label_mismatch``) or ``"keep"`` (record it).
+        sample_checks: calibrated per-sample checks to run (``reference_copy`` also sets the
+            within-batch near-duplicate threshold). ``label_mismatch`` runs only when the
+            reference and the batch have labels.
+        batch_tests: batch tests in the Holm family.
+        min_batch_size: fewest embeddable samples for the batch tests; smaller batches get
+            per-sample decisions only (the report says so).
+        max_batch_rows: most rows the batch metrics use; a larger batch is subsampled (seeded)
+            to this size (and to half the reference support).
+
+    Example:
+        >>> GuardConfig(alpha=0.1).alpha_batch
+        0.01
+        >>> try:
+        ...     GuardConfig(alpah=0.1)
+        ... except ValueError as error:
+        ...     print("Extra inputs are not permitted" in str(error))
+        True
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    alpha_batch: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
+    n_resamples: Annotated[int, Field(ge=19)] = 1000
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    label_policy: Literal["keep", "relabel", "reject"] = "relabel"
+    sample_checks: tuple[SampleCheck, ...] = (
+        "low_alignment",
+        "off_manifold",
+        "reference_copy",
+        "label_mismatch",
+    )
+    batch_tests: tuple[BatchTest, ...] = cast("tuple[BatchTest, ...]", tuple(BATCH_TESTS))
+    min_batch_size: Annotated[int, Field(ge=2)] = 10
+    max_batch_rows: Annotated[int, Field(ge=2)] = 4096
+
+    @model_validator(mode="after")
+    def _check_family(self) -> GuardConfig:
+        if not self.sample_checks:
+            raise ValueError("sample_checks must name at least one check")
+        for name in ("sample_checks", "batch_tests"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat entries; got {list(values)}")
+        k = len(self.batch_tests)
+        if k and (self.n_resamples + 1) * self.alpha_batch / k < 1.0:
+            needed = math.ceil(k / self.alpha_batch) - 1
+            raise ValueError(
+                f"n_resamples must be >= {needed} so the smallest Holm level alpha_batch/{k} = "
+                f"{self.alpha_batch / k:.2g} is reachable by a resampling p-value; got "
+                f"{self.n_resamples}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict of the fields."""
+        return self.model_dump(mode="json")

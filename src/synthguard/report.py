@@ -1,0 +1,235 @@
+"""Typed, frozen results of :meth:`synthguard.Guard.check`: per sample, per metric, per batch."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from synthguard._errors import InvalidInputError
+from synthguard._io import atomic_write_text
+from synthguard._reasons import ReasonCode
+from synthguard.data import PairBatch
+from synthguard.relabel import Relabel
+from synthguard.relabel._common import Score
+
+__all__ = ["GuardReport", "MetricResult", "SampleDecision"]
+
+
+class SampleDecision(BaseModel):
+    """The guard's decision on one sample.
+
+    Attributes:
+        index: position in the checked batch.
+        id: the sample's id (``str`` or ``int``; other ids are written as their ``repr``).
+        accepted: whether the sample passed every per-sample check (relabels applied). The
+            batch verdict is separate: :meth:`GuardReport.apply` returns nothing from a
+            rejected batch.
+        reasons: reason codes of every failed check (empty when accepted).
+        details: one human-readable sentence per reason, with score and threshold.
+        scores: the sample's score per check (``alignment``, ``knn_distance``,
+            ``reference_cosine``, ``batch_cosine``, ``given_label_probability``), NaN when
+            undefined.
+        thresholds: the calibrated threshold each score was compared with.
+        p_values: conformal p-value of each calibrated score among the real support.
+        new_caption: the replacement caption when it was re-captioned, else ``None``.
+        new_label: the label the sample carries on (relabeled or given), ``None`` without one.
+        relabels: provenance of every relabel considered (applied or not).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    id: int | str
+    accepted: bool
+    reasons: tuple[ReasonCode, ...] = ()
+    details: tuple[str, ...] = ()
+    scores: dict[str, Score] = {}
+    thresholds: dict[str, Score] = {}
+    p_values: dict[str, Score] = {}
+    new_caption: str | None = None
+    new_label: int | None = None
+    relabels: tuple[Relabel, ...] = ()
+
+
+class MetricResult(BaseModel):
+    """One batch metric next to its calibrated bound and test (alibi-detect style).
+
+    Attributes:
+        name: metric name (see ``docs/guard.md``).
+        value: the batch's value (NaN when it could not be computed).
+        direction: ``"low"`` when small values signal risk, ``"high"`` when large ones do;
+            ``None`` for an informational metric.
+        bound: the value beyond which the test fails at its Holm level (strictly beyond);
+            ``None`` for informational metrics or when untested.
+        null_median: median of the metric over real-vs-real resamples of the same size.
+        p_value: one-sided resampling p-value.
+        adjusted_p_value: Holm-adjusted p-value; the test fails when ``<= alpha_batch``.
+        level: the Holm level this test was tried at.
+        passed: ``True``/``False`` for a test, ``None`` when informational or skipped.
+        note: why a test was skipped, if it was.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    value: Score
+    direction: Literal["low", "high"] | None = None
+    bound: Score | None = None
+    null_median: Score | None = None
+    p_value: Score | None = None
+    adjusted_p_value: Score | None = None
+    level: Score | None = None
+    passed: bool | None = None
+    note: str = ""
+
+    def describe(self) -> str:
+        """One line: value, bound, p-values and verdict."""
+        if self.passed is None:
+            return f"{self.name} = {self.value:.4g}" + (f" ({self.note})" if self.note else "")
+        side = "<" if self.direction == "low" else ">"
+        verdict = "FAILED" if not self.passed else "passed"
+        return (
+            f"{self.name} = {self.value:.4g} ({verdict}: fails if {side} {self.bound:.4g}; "
+            f"real median {self.null_median:.4g}; p = {self.p_value:.3g}, "
+            f"Holm-adjusted {self.adjusted_p_value:.3g})"
+        )
+
+
+class GuardReport(BaseModel):
+    """Everything :meth:`synthguard.Guard.check` decided about one batch.
+
+    Attributes:
+        accepted: the batch verdict: ``False`` when a batch test failed after Holm's
+            correction, or no sample could be accepted.
+        reasons: why the batch was rejected (or why batch tests were skipped), in words.
+        risk_score: ``1 − min`` Holm-adjusted p-value over the batch tests, in ``[0, 1]``; the
+            batch fails when ``risk_score >= 1 − alpha_batch``. ``None`` when the tests were
+            skipped (batch too small).
+        samples: one :class:`SampleDecision` per input sample, in order (nothing is dropped).
+        metrics: batch metrics by name, tested and informational.
+        n_samples / n_accepted / n_relabeled: counts; ``rejects_by_reason`` counts each reason
+            (a sample can have several).
+        alpha / alpha_batch / seed: the error rates and seed used.
+        rows_tested: rows the batch metrics used (after dropping unembeddable samples and
+            subsampling above ``max_batch_rows``).
+        reference: what the batch was compared with (encoder digest, pairs, support).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    accepted: bool
+    reasons: tuple[str, ...]
+    risk_score: Score | None
+    samples: tuple[SampleDecision, ...]
+    metrics: dict[str, MetricResult]
+    n_samples: int
+    n_accepted: int
+    n_relabeled: int
+    rejects_by_reason: dict[str, int]
+    alpha: float
+    alpha_batch: float
+    seed: int
+    rows_tested: int
+    reference: dict[str, Any]
+
+    @property
+    def failed_tests(self) -> list[MetricResult]:
+        """The batch tests that failed."""
+        return [m for m in self.metrics.values() if m.passed is False]
+
+    def apply(self, batch: PairBatch) -> PairBatch | None:
+        """The accepted samples of ``batch`` with relabels applied; ``None`` if none survive.
+
+        Returns ``None`` when the batch verdict is reject (a rejected batch is not trained on)
+        or no sample was accepted.
+
+        Raises:
+            InvalidInputError: ``batch`` is not the batch this report is about.
+        """
+        if not isinstance(batch, PairBatch) or len(batch) != self.n_samples:
+            size = len(batch) if isinstance(batch, PairBatch) else "?"
+            raise InvalidInputError(
+                f"batch must be the PairBatch of {self.n_samples} samples this report checked; "
+                f"got {type(batch).__name__} of length {size}"
+            )
+        for sample, id_ in zip(self.samples, batch.ids, strict=True):
+            if sample.id != report_id(id_):
+                raise InvalidInputError(
+                    f"batch must be the batch this report checked; sample {sample.index} has id "
+                    f"{report_id(id_)!r}, the report has {sample.id!r}"
+                )
+        keep = [s for s in self.samples if s.accepted]
+        if not self.accepted or not keep:
+            return None
+        return PairBatch(
+            images=[batch.images[s.index] for s in keep],
+            captions=[
+                s.new_caption if s.new_caption is not None else batch.captions[s.index]
+                for s in keep
+            ],
+            labels=None if batch.labels is None else [s.new_label for s in keep],
+            ids=[batch.ids[s.index] for s in keep],
+        )
+
+    def summary(self) -> str:
+        """A few lines for logs: verdict, counts, reasons, every tested metric."""
+        verdict = "ACCEPTED" if self.accepted else "REJECTED"
+        risk = "n/a" if self.risk_score is None else f"{self.risk_score:.3f}"
+        lines = [
+            f"batch {verdict}: {self.n_accepted}/{self.n_samples} samples accepted, "
+            f"{self.n_relabeled} relabeled, risk {risk}",
+            *(f"  reason: {r}" for r in self.reasons),
+        ]
+        if self.rejects_by_reason:
+            counts = ", ".join(f"{k}={v}" for k, v in self.rejects_by_reason.items())
+            lines.append(f"  sample rejects: {counts}")
+        lines.extend(f"  {m.describe()}" for m in self.metrics.values())
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict (NaN becomes ``None``, infinities ``"inf"``/``"-inf"``)."""
+        return _finite(self.model_dump(mode="json"))
+
+    def to_json(self, path: str | Path | None = None, *, indent: int | None = 2) -> str:
+        """JSON text; also written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            atomic_write_text(path, text + "\n")
+        return text
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write a self-contained HTML report (tables and inline SVG charts) atomically."""
+        from synthguard._html import render_report
+
+        target = Path(path)
+        atomic_write_text(target, render_report(self))
+        return target
+
+
+def report_id(value: Any) -> int | str:
+    """A sample id as it appears in reports (``int``/``str`` kept, anything else ``repr``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return repr(value)
+    return value
+
+
+def count_reasons(samples: tuple[SampleDecision, ...]) -> dict[str, int]:
+    """Reason code -> number of samples with it, in code order."""
+    counts = Counter(str(r) for s in samples for r in s.reasons)
+    return {str(code): counts[str(code)] for code in ReasonCode if counts[str(code)]}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN/inf: NaN -> null, ±inf -> "inf"/"-inf" (pydantic reads both back).
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
