@@ -8,11 +8,24 @@ thresholds are the upper order statistics of each column at one common tail coun
 largest for which the *union* of the checks flags at most a fraction α of the real samples:
 the calibrated false-reject rate of the whole per-sample gate, not of each check alone.
 
-Per batch: the null distribution of every batch metric comes from real-vs-real resamples of the
-support at the batch size; a resample is compared with the reference *without* its own rows
-(sums are subtracted exactly; k-NN balls and the CMMD sample exclude them), so it behaves like
-a fresh real batch. One-sided empirical p-values are ``(1 + #{null as extreme}) / (R + 1)`` and
-the family is combined with Holm's step-down correction.
+Per batch, three kinds of test:
+
+- *Distribution* tests on the accepted pairs (what would be trained on): each compares the
+  batch with the reference pairs that pass the same per-sample checks (a shift, a ratio, a
+  distance), so both sides are truncated alike. Their null comes from real-vs-real resamples
+  of those accepted support pairs, at the same size; a resample is compared with them
+  *without* its own rows (sums subtracted exactly; k-NN balls and
+  the CMMD sample exclude them), so the null has the spread of a two-sample comparison of sizes
+  ``m`` and ``n − m``: slightly wider than a fresh batch against all ``n`` rows (conservative),
+  never narrower, as resampling a one-sample statistic would be (by the finite-population
+  factor ``1 − m/n``).
+- The *duplicate rate* among all embeddable rows, against resamples of the whole support.
+- The *flag rate* (share of samples failing any per-sample check or unembeddable), with an
+  exact beta-binomial p-value: a fresh real pair fails the calibrated checks with probability
+  ``Beta(U + 1, n − U + 1)`` (split-conformal, ``U`` the support pairs flagged).
+
+Resampling p-values are ``(1 + #{null as extreme}) / (R + 1)``; the family is combined with
+Holm's step-down correction.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy import stats as scipy_stats
 
 from synthguard.functional import frechet_distance, vendi_score
 from synthguard.functional._common import sq_dists
@@ -31,12 +45,15 @@ from synthguard.stats import Moments
 
 __all__ = [
     "BATCH_TESTS",
+    "RESAMPLED_TESTS",
     "BatchContext",
     "SampleCalibration",
     "batch_null",
     "batch_values",
     "bound_at",
+    "duplicate_rate",
     "empirical_p",
+    "flag_rate_test",
     "holm",
     "kth_distance",
     "max_cosine",
@@ -47,7 +64,7 @@ Direction = Literal["low", "high"]
 
 #: The batch tests, in report order, with the tail that signals collapse risk.
 BATCH_TESTS: dict[str, Direction] = {
-    "alignment_mean": "low",
+    "alignment_shift": "low",
     "variance_ratio": "low",
     "vendi_ratio": "low",
     "coverage": "low",
@@ -56,6 +73,8 @@ BATCH_TESTS: dict[str, Direction] = {
     "duplicate_rate": "high",
     "flag_rate": "high",
 }
+#: The tests whose null is resampled (all but the flag rate, which is exact).
+RESAMPLED_TESTS = tuple(name for name in BATCH_TESTS if name != "flag_rate")
 _BLOCK = 1024
 
 
@@ -123,11 +142,16 @@ class SampleCalibration:
         r = self.tail_count(alpha)
         return {name: self._threshold(t, r) for t, name in enumerate(self.names)}
 
-    def flags(self, alpha: float) -> torch.Tensor:
-        """``[s]`` bool: support samples the calibrated checks flag (leave-one-out)."""
+    def flags(self, alpha: float, only: tuple[str, ...] | None = None) -> torch.Tensor:
+        """``[s]`` bool: support samples the calibrated checks flag (leave-one-out).
+
+        ``only`` counts the flags of those checks alone (thresholds stay the joint ones).
+        """
         thr = self.thresholds(alpha)
-        limits = torch.tensor([thr[n] for n in self.names], dtype=torch.float64)
-        return (self.badness > limits).any(dim=1)
+        names = self.names if only is None else only
+        limits = torch.tensor([thr[n] for n in names], dtype=torch.float64)
+        columns = [self.names.index(n) for n in names]
+        return (self.badness[:, columns] > limits).any(dim=1)
 
     def select(self, names: tuple[str, ...]) -> SampleCalibration:
         """The calibration of a subset of the checks (the union is recalibrated over them)."""
@@ -158,9 +182,9 @@ class SampleCalibration:
 class BatchContext:
     """What the batch metrics need from the reference (all float64 unit rows on CPU)."""
 
-    moments: Moments  # image moments of every reference row
-    total_variance: float
-    vendi: float
+    moments: Moments  # image moments of the accepted support rows (the comparison set)
+    align_sum: float  # Σ cos(image, caption) over the same rows
+    accepted: torch.Tensor  # [s] bool: support rows that pass the per-sample checks
     support: torch.Tensor  # [s, d] image rows; the coverage and CMMD sets are prefixes of it
     coverage_rows: int
     coverage_radii_sq: torch.Tensor  # k-NN radii² within support[:coverage_rows]
@@ -174,39 +198,44 @@ def batch_values(
     ctx: BatchContext,
     image: torch.Tensor,
     text: torch.Tensor,
-    flag_rate: float,
     exclude: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Every batch metric of the unit rows ``image``/``text`` (row-aligned pairs).
+    """The distribution metrics of the unit rows ``image``/``text`` (row-aligned pairs).
 
     ``exclude`` (support indices of the rows, in resamples) removes them from the reference.
     """
     ref = ctx.moments
+    align = (image * text).sum(dim=1)
+    align_sum = ctx.align_sum
     if exclude is not None:
         rows = ctx.support[exclude]
         ref = Moments(
             ref.count - rows.shape[0], ref.sum - rows.sum(0), ref.sum_outer - rows.T @ rows
         )
-    keep_cov = _kept(ctx.coverage_rows, exclude)
-    keep_cmmd = _kept(ctx.cmmd_rows, exclude)
+        align_sum -= float(align.sum())
     n = image.shape[0]
     centred = image - image.mean(dim=0)
     return {
-        "alignment_mean": float((image * text).sum(dim=1).mean()),
-        "variance_ratio": float((centred * centred).sum()) / n / ctx.total_variance,
-        "vendi_ratio": vendi_score(image) / ctx.vendi,
-        "coverage": _coverage(ctx, image, keep_cov),
+        "alignment_shift": float(align.mean()) - align_sum / ref.count,
+        "variance_ratio": float((centred * centred).sum()) / n / _trace(ref.covariance),
+        "vendi_ratio": vendi_score(image) / vendi_score(ref),
+        "coverage": _coverage(ctx, image, _kept(ctx, ctx.coverage_rows, exclude)),
         "frechet_distance": frechet_distance(image, ref),
-        "cmmd": _cmmd(ctx, image, keep_cmmd),
-        "duplicate_rate": float(
-            (max_cosine(image, exclude="later") >= ctx.duplicate_cosine).double().mean()
-        ),
-        "flag_rate": flag_rate,
+        "cmmd": _cmmd(ctx, image, _kept(ctx, ctx.cmmd_rows, exclude)),
     }
 
 
-def _kept(rows: int, exclude: torch.Tensor | None) -> torch.Tensor:
-    keep = torch.ones(rows, dtype=torch.bool)
+def duplicate_rate(image: torch.Tensor, cosine: float) -> float:
+    """Share of rows whose cosine to an earlier row is above ``cosine``."""
+    return float((max_cosine(image, exclude="later") > cosine).double().mean())
+
+
+def _trace(matrix: torch.Tensor) -> float:
+    return max(float(torch.trace(matrix)), 1e-300)
+
+
+def _kept(ctx: BatchContext, rows: int, exclude: torch.Tensor | None) -> torch.Tensor:
+    keep = ctx.accepted[:rows].clone()
     if exclude is not None:
         keep[exclude[exclude < rows]] = False
     return keep
@@ -254,27 +283,49 @@ def _coverage(ctx: BatchContext, image: torch.Tensor, keep: torch.Tensor) -> flo
 def batch_null(
     ctx: BatchContext,
     support_text: torch.Tensor,
-    support_flags: torch.Tensor,
+    accepted: torch.Tensor,
     size: int,
+    duplicate_size: int,
     resamples: int,
     seed: int,
 ) -> torch.Tensor:
-    """``[R, K]`` batch metrics of ``R`` real-vs-real resamples of ``size`` support rows.
+    """``[R, K]`` resampled null of the distribution tests and the duplicate rate.
 
-    ``support_flags`` are the per-sample checks' leave-one-out flags; a resample's flag rate
-    adds the within-resample near duplicates to them, as a checked batch would.
+    Distribution metrics: ``size`` rows drawn from the ``accepted`` support indices (those the
+    per-sample checks pass, leave-one-out); ``size=0`` skips them (NaN columns). Duplicate
+    rate: ``duplicate_size`` rows drawn from the whole support. Columns follow
+    :data:`RESAMPLED_TESTS`.
     """
     generator = torch.Generator().manual_seed(seed)
     s = ctx.support.shape[0]
-    out = torch.empty(resamples, len(BATCH_TESTS), dtype=torch.float64)
+    out = torch.empty(resamples, len(RESAMPLED_TESTS), dtype=torch.float64)
     for i in range(resamples):
-        idx = torch.randperm(s, generator=generator)[:size]
-        image, text = ctx.support[idx], support_text[idx]
-        dup = max_cosine(image, exclude="later") >= ctx.duplicate_cosine
-        rate = float((support_flags[idx] | dup).double().mean())
-        values = batch_values(ctx, image, text, rate, exclude=idx)
-        out[i] = torch.tensor([values[name] for name in BATCH_TESTS], dtype=torch.float64)
+        values = dict.fromkeys(RESAMPLED_TESTS, math.nan)
+        if size:
+            idx = accepted[torch.randperm(accepted.numel(), generator=generator)[:size]]
+            values.update(batch_values(ctx, ctx.support[idx], support_text[idx], exclude=idx))
+        dup_idx = torch.randperm(s, generator=generator)[:duplicate_size]
+        values["duplicate_rate"] = duplicate_rate(ctx.support[dup_idx], ctx.duplicate_cosine)
+        out[i] = torch.tensor([values[name] for name in RESAMPLED_TESTS], dtype=torch.float64)
     return out
+
+
+def flag_rate_test(
+    flagged: int, total: int, support_flagged: int, support_size: int, level: float
+) -> tuple[float, float, float]:
+    """Exact one-sided p-value of ``flagged`` of ``total``, the rate bound at ``level`` and
+    the null's median rate.
+
+    Under the null the count is ``BetaBinomial(total, U + 1, n − U + 1)``; the test fails when
+    the rate is strictly above the returned bound.
+    """
+    a, b = support_flagged + 1, support_size - support_flagged + 1
+    p = float(scipy_stats.betabinom.sf(flagged - 1, total, a, b))
+    ks = np.arange(total + 2)
+    tail = scipy_stats.betabinom.sf(ks - 1, total, a, b)  # P(X >= k)
+    first = int(np.argmax(tail <= level)) if bool((tail <= level).any()) else total + 1
+    median = float(scipy_stats.betabinom.median(total, a, b)) / total
+    return p, (first - 1) / total, median
 
 
 # -- p-values, bounds and Holm --------------------------------------------------------------

@@ -47,7 +47,7 @@ class SampleOutcome:
     """Per-sample results plus what the batch tests need."""
 
     decisions: list[SampleDecision]
-    flagged: torch.Tensor  # [n] bool: failed any check or could not be embedded
+    flagged: torch.Tensor  # [n] bool: rejected by a check or could not be embedded
     n_relabeled: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -125,7 +125,6 @@ def check_samples(
         for name in active:
             if not bool(flags[name][i]):
                 continue
-            flagged[i] = True
             words = _WORDS[name].format(
                 v=float(scores[name][i]), t=natural[name], k=ref.k,
                 pred=int(predicted[i]), conf=float(confidence[i]),
@@ -137,6 +136,7 @@ def check_samples(
                 if record.applied:
                     new_label, n_relabeled = int(predicted[i]), n_relabeled + 1
                 continue
+            flagged[i] = True  # a reject (a relabeled or kept label is not one)
             reasons.append(_REASON[name])
             details.append(f"{_REASON[name]}: {words}")
         new_caption = None

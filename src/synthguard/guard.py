@@ -7,7 +7,16 @@ from typing import Any
 
 import torch
 
-from synthguard._calibration import BATCH_TESTS, batch_values, bound_at, empirical_p, holm
+from synthguard._calibration import (
+    BATCH_TESTS,
+    RESAMPLED_TESTS,
+    batch_values,
+    bound_at,
+    duplicate_rate,
+    empirical_p,
+    flag_rate_test,
+    holm,
+)
 from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._sample_checks import SampleOutcome, check_samples
@@ -75,6 +84,10 @@ class Guard:
             reference.check_encoder(self._encoder)
         self.checks = tuple(
             c for c in self.config.sample_checks if c in reference.calibration.names
+        )
+        # Checks whose flag rejects a sample: a relabeled (or kept) label disagreement does not.
+        self.rejecting = tuple(
+            c for c in self.checks if c != "label_mismatch" or self.config.label_policy == "reject"
         )
 
     @property
@@ -186,8 +199,7 @@ class Guard:
             label_policy=cfg.label_policy, caption_relabels=caption_relabels,
         )  # fmt: skip
         n = image.shape[0]
-        valid = torch.nonzero(~torch.isnan(image).any(1) & ~torch.isnan(text).any(1)).flatten()
-        valid = valid[[i not in errors for i in valid.tolist()]] if errors else valid
+        valid = torch.tensor([i for i in range(n) if i not in errors], dtype=torch.int64)
         reasons: list[str] = []
         metrics: dict[str, MetricResult] = {}
         risk: float | None = None
@@ -198,16 +210,13 @@ class Guard:
             )
             reasons.append(f"no sample could be embedded ({counts}); nothing was checked")
             risk = 1.0
+        elif not cfg.batch_tests:
+            reasons.append("batch tests off (GuardConfig.batch_tests is empty)")
         else:
-            rows = min(valid.numel(), cfg.max_batch_rows, ref.n_support // 2)
-            if rows < cfg.min_batch_size:
-                reasons.append(
-                    f"batch tests skipped: {rows} embeddable rows < min_batch_size "
-                    f"{cfg.min_batch_size} (or half the reference support); per-sample checks only"
-                )
-            else:
-                metrics, risk, failed = self._batch_tests(image, text, valid, rows, outcome)
-                reasons.extend(f"failed {m.describe()}" for m in failed)
+            metrics, risk, rows, notes = self._batch_tests(image, text, valid, outcome)
+            reasons.extend(notes)
+            reasons.extend(f"failed {m.describe()}" for m in metrics.values() if m.passed is False)
+        if valid.numel():
             metrics.update(self._informational(labels, valid))
         n_accepted = sum(d.accepted for d in outcome.decisions)
         tests_failed = any(m.passed is False for m in metrics.values())
@@ -235,45 +244,87 @@ class Guard:
         )
 
     def _batch_tests(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        valid: torch.Tensor,
-        rows: int,
-        outcome: SampleOutcome,
-    ) -> tuple[dict[str, MetricResult], float, list[MetricResult]]:
+        self, image: torch.Tensor, text: torch.Tensor, valid: torch.Tensor, outcome: SampleOutcome
+    ) -> tuple[dict[str, MetricResult], float | None, int, list[str]]:
+        """Run the configured batch tests that have enough rows; Holm over those that ran."""
         cfg, ref = self.config, self.reference
-        if rows < valid.numel():  # seeded subsample, the same for the same batch and seed
-            pick = torch.randperm(valid.numel(), generator=torch.Generator().manual_seed(cfg.seed))
-            valid = valid[pick[:rows]].sort().values
-        flag_rate = float(outcome.flagged.double().mean())
-        context = ref.batch_context(cfg.alpha, self.checks)
-        values = batch_values(context, image[valid], text[valid], flag_rate)
-        null = ref.batch_null(
-            rows, alpha=cfg.alpha, resamples=cfg.n_resamples, seed=cfg.seed, checks=self.checks
-        )
-        names = list(cfg.batch_tests)
-        columns = {name: null[:, list(BATCH_TESTS).index(name)] for name in BATCH_TESTS}
-        p = [empirical_p(columns[nm], values[nm], BATCH_TESTS[nm]) for nm in names]
+        accepted = valid[[outcome.decisions[i].accepted for i in valid.tolist()]]
+        pool = ref.accepted_support(cfg.alpha, self.checks, self.rejecting).numel()
+        rows = _cap(accepted.numel(), cfg.max_batch_rows, pool // 2)
+        dup_rows = _cap(valid.numel(), cfg.max_batch_rows, ref.n_support // 2)
+        n = len(outcome.decisions)
+        values: dict[str, float] = {}
+        nulls: dict[str, torch.Tensor] = {}
+        notes: list[str] = []
+        wanted = set(cfg.batch_tests)
+        distribution = rows >= cfg.min_batch_size
+        if not distribution:
+            notes.append(
+                f"distribution tests skipped: {rows} accepted rows < min_batch_size "
+                f"{cfg.min_batch_size} (or half the reference support)"
+            )
+        if dup_rows >= cfg.min_batch_size:
+            gen = torch.Generator().manual_seed(cfg.seed)  # seeded subsamples above the caps
+            dup_pick = valid[torch.randperm(valid.numel(), generator=gen)[:dup_rows]].sort()[0]
+            context = ref.batch_context(cfg.alpha, self.checks, self.rejecting)
+            if distribution:
+                picked = accepted[torch.randperm(accepted.numel(), generator=gen)[:rows]].sort()[0]
+                values = batch_values(context, image[picked], text[picked])
+            values["duplicate_rate"] = duplicate_rate(image[dup_pick], context.duplicate_cosine)
+            null = ref.batch_null(
+                rows if distribution else 0, duplicate_size=dup_rows, alpha=cfg.alpha,
+                resamples=cfg.n_resamples, seed=cfg.seed, checks=self.checks,
+                rejecting=self.rejecting,
+            )  # fmt: skip
+            nulls = {name: null[:, j] for j, name in enumerate(RESAMPLED_TESTS)}
+        ran = [name for name in BATCH_TESTS if name in wanted and name in values]
+        flag_test = "flag_rate" in wanted and n >= cfg.min_batch_size
+        if flag_test:
+            ran.append("flag_rate")
+            values["flag_rate"] = float(outcome.flagged.double().mean())
+        if not ran:
+            return {}, None, 0, [*notes, "batch tests skipped: batch too small"]
+        p = [
+            empirical_p(nulls[name], values[name], BATCH_TESTS[name])
+            if name != "flag_rate"
+            else self._flag_rate(outcome, 1.0)[0]
+            for name in ran
+        ]
         levels, adjusted, rejected = holm(p, cfg.alpha_batch)
         metrics: dict[str, MetricResult] = {}
         for name in BATCH_TESTS:
-            col = columns[name]
-            if name not in names:
+            if name not in values:
+                continue
+            if name not in ran:
                 metrics[name] = MetricResult(
-                    name=name, value=values[name], null_median=float(col.median()),
+                    name=name, value=values[name], null_median=_median(nulls.get(name)),
                     note="not in batch_tests",
                 )  # fmt: skip
                 continue
-            j = names.index(name)
+            j = ran.index(name)
             direction = BATCH_TESTS[name]
+            bound: float | None
+            if name == "flag_rate":
+                _, bound, median = self._flag_rate(outcome, levels[j])
+            else:
+                bound = bound_at(nulls[name], levels[j], direction)
+                median = float(nulls[name].median())
             metrics[name] = MetricResult(
-                name=name, value=values[name], direction=direction,
-                bound=bound_at(col, levels[j], direction), null_median=float(col.median()),
-                p_value=p[j], adjusted_p_value=adjusted[j], level=levels[j], passed=not rejected[j],
+                name=name, value=values[name], direction=direction, bound=bound,
+                null_median=median, p_value=p[j], adjusted_p_value=adjusted[j],
+                level=levels[j], passed=not rejected[j],
             )  # fmt: skip
-        risk = 1.0 - min(adjusted) if adjusted else 0.0
-        return metrics, risk, [m for m in metrics.values() if m.passed is False]
+        return metrics, 1.0 - min(adjusted), rows if distribution else 0, notes
+
+    def _flag_rate(self, outcome: SampleOutcome, level: float) -> tuple[float, float, float]:
+        ref, cfg = self.reference, self.config
+        support_flagged = (
+            ref.n_support - ref.accepted_support(cfg.alpha, self.checks, self.rejecting).numel()
+        )
+        flagged = int(outcome.flagged.sum())
+        return flag_rate_test(
+            flagged, len(outcome.decisions), support_flagged, ref.n_support, level
+        )
 
     def _informational(
         self, labels: list[int] | None, valid: torch.Tensor
@@ -297,6 +348,14 @@ class Guard:
 
     def __repr__(self) -> str:
         return f"Guard({self.reference!r}, alpha={self.config.alpha}, checks={self.checks})"
+
+
+def _cap(n: int, *limits: int) -> int:
+    return min(n, *limits)
+
+
+def _median(values: torch.Tensor | None) -> float | None:
+    return None if values is None else float(values.median())
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

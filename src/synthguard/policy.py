@@ -13,7 +13,7 @@ __all__ = ["BatchTest", "GuardConfig", "SampleCheck"]
 
 SampleCheck = Literal["low_alignment", "off_manifold", "reference_copy", "label_mismatch"]
 BatchTest = Literal[
-    "alignment_mean",
+    "alignment_shift",
     "variance_ratio",
     "vendi_ratio",
     "coverage",

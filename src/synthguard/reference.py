@@ -36,9 +36,9 @@ from synthguard._validation import (
 )
 from synthguard.data import PairBatch, as_sample_list
 from synthguard.encoders import Encoder, EncoderFingerprint, embed_pairs, load_encoder
-from synthguard.functional import knn_radii, vendi_score
+from synthguard.functional import knn_radii
 from synthguard.relabel import ZeroShotLabeler
-from synthguard.stats import EmbeddingStats
+from synthguard.stats import EmbeddingStats, Moments
 
 __all__ = ["SAMPLE_CHECKS", "Reference"]
 
@@ -126,7 +126,7 @@ class Reference:
         self._null_cache: dict[str, torch.Tensor] = {
             key[len("null/") :]: value for key, value in pre.items() if key.startswith("null/")
         }
-        self._contexts: dict[tuple[float, tuple[str, ...]], BatchContext] = {}
+        self._contexts: dict[tuple[float, tuple[str, ...], tuple[str, ...]], BatchContext] = {}
         self._lock = threading.RLock()  # guards the caches: a Guard may be shared by threads
 
     # -- construction ----------------------------------------------------------------------
@@ -321,17 +321,31 @@ class Reference:
             class_embeddings=self.class_embeddings,
         )
 
-    def batch_context(self, alpha: float, checks: Sequence[str] | None = None) -> BatchContext:
-        """What the batch metrics compare against, at per-sample level ``alpha``."""
+    def batch_context(
+        self,
+        alpha: float,
+        checks: Sequence[str] | None = None,
+        rejecting: Sequence[str] | None = None,
+    ) -> BatchContext:
+        """What the batch metrics compare against, at per-sample level ``alpha``.
+
+        ``rejecting``: the checks whose flags reject a sample (default: all ``checks``; a
+        label disagreement that is relabeled does not reject).
+        """
         names = self.sample_calibration(checks).names
-        key = (float(alpha), names)
+        only = names if rejecting is None else tuple(rejecting)
+        key = (float(alpha), names, only)
         with self._lock:
             if key not in self._contexts:
-                raw = self.sample_calibration(names).thresholds(_check_alpha(alpha))
+                calibration = self.sample_calibration(names)
+                raw = calibration.thresholds(_check_alpha(alpha))
+                accepted = ~calibration.flags(alpha, only)
+                rows = self.support_image[accepted]
+                align = (rows * self.support_text[accepted]).sum(dim=1)
                 self._contexts[key] = BatchContext(
-                    moments=self.stats.image,
-                    total_variance=float(torch.trace(self.stats.image.covariance)),
-                    vendi=vendi_score(self.stats.image),
+                    moments=Moments(rows.shape[0], rows.sum(dim=0), rows.T @ rows),
+                    align_sum=float(align.sum()),
+                    accepted=accepted,
                     support=self.support_image,
                     coverage_rows=self.coverage_rows,
                     coverage_radii_sq=self.coverage_radii_sq,
@@ -342,34 +356,61 @@ class Reference:
                 )
             return self._contexts[key]
 
+    def accepted_support(
+        self,
+        alpha: float,
+        checks: Sequence[str] | None = None,
+        rejecting: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """Indices of the support pairs no rejecting check flags (leave-one-out)."""
+        calibration = self.sample_calibration(checks)
+        only = None if rejecting is None else tuple(rejecting)
+        return torch.nonzero(~calibration.flags(_check_alpha(alpha), only)).flatten()
+
     def batch_null(
         self,
         size: int,
         *,
+        duplicate_size: int | None = None,
         alpha: float,
         resamples: int,
         seed: int,
         checks: Sequence[str] | None = None,
+        rejecting: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """``[resamples, K]`` null batch metrics at ``size`` rows, computed once and cached.
+        """``[resamples, K]`` resampled null of the batch tests, computed once and cached.
 
-        Columns follow :data:`synthguard._calibration.BATCH_TESTS`. Cached per size, number of
-        resamples, seed, ``alpha`` and checks (saved with the reference).
+        ``size`` accepted rows for the distribution tests (0: skip them), ``duplicate_size``
+        (default ``size``) embeddable rows for the duplicate rate; columns follow
+        :data:`synthguard._calibration.RESAMPLED_TESTS`. Cached per sizes, resamples, seed,
+        ``alpha``, checks and rejecting checks, and saved with the reference.
         """
-        size = check_int("size", size, minimum=2)
-        if size > self.n_support // 2:
-            raise InvalidInputError(
-                f"size must be <= half the support ({self.n_support // 2}) for real-vs-real "
-                f"resamples; got {size}"
-            )
         calibration = self.sample_calibration(checks)
-        key = f"{size}/{resamples}/{seed}/{float(alpha)!r}/{','.join(calibration.names)}"
-        context = self.batch_context(alpha, calibration.names)
+        only = calibration.names if rejecting is None else tuple(rejecting)
+        pool = self.accepted_support(alpha, calibration.names, only)
+        size = check_int("size", size, minimum=0)
+        dup_size = (
+            size
+            if duplicate_size is None
+            else check_int("duplicate_size", duplicate_size, minimum=2)
+        )
+        if size == 1:
+            raise InvalidInputError("size must be 0 (no distribution tests) or >= 2; got 1")
+        if size > pool.numel() // 2 or dup_size > self.n_support // 2:
+            raise InvalidInputError(
+                f"size must be <= {pool.numel() // 2} and duplicate_size <= "
+                f"{self.n_support // 2} (half the support) for real-vs-real resamples; got "
+                f"{size} and {dup_size}"
+            )
+        key = (
+            f"{size}/{dup_size}/{resamples}/{seed}/{float(alpha)!r}/"
+            f"{','.join(calibration.names)}/{','.join(only)}"
+        )
+        context = self.batch_context(alpha, calibration.names, only)
         with self._lock:
             if key not in self._null_cache:
-                flags = calibration.flags(alpha)
                 self._null_cache[key] = batch_null(
-                    context, self.support_text, flags, size, resamples, seed
+                    context, self.support_text, pool, size, dup_size, resamples, seed
                 )
             return self._null_cache[key]
 

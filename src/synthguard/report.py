@@ -93,10 +93,11 @@ class MetricResult(BaseModel):
             return f"{self.name} = {self.value:.4g}" + (f" ({self.note})" if self.note else "")
         side = "<" if self.direction == "low" else ">"
         verdict = "FAILED" if not self.passed else "passed"
+        bound = "never (too few resamples)" if self.bound is None else f"{side} {self.bound:.4g}"
         return (
-            f"{self.name} = {self.value:.4g} ({verdict}: fails if {side} {self.bound:.4g}; "
-            f"real median {self.null_median:.4g}; p = {self.p_value:.3g}, "
-            f"Holm-adjusted {self.adjusted_p_value:.3g})"
+            f"{self.name} = {self.value:.4g} ({verdict}: fails if {bound}; "
+            f"real median {_num(self.null_median)}; p = {_num(self.p_value, 3)}, "
+            f"Holm-adjusted {_num(self.adjusted_p_value, 3)})"
         )
 
 
@@ -209,6 +210,10 @@ class GuardReport(BaseModel):
         target = Path(path)
         atomic_write_text(target, render_report(self))
         return target
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
 
 
 def report_id(value: Any) -> int | str:

@@ -1,0 +1,1 @@
+"""Integrations with training and data frameworks (import the submodule you need)."""

@@ -1,0 +1,262 @@
+"""The calibration machinery against brute-force and textbook references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import prdc as prdc_package
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from synthguard import functional as F
+from synthguard._calibration import (
+    BATCH_TESTS,
+    RESAMPLED_TESTS,
+    BatchContext,
+    SampleCalibration,
+    batch_null,
+    batch_values,
+    bound_at,
+    duplicate_rate,
+    empirical_p,
+    flag_rate_test,
+    holm,
+    kth_distance,
+    max_cosine,
+    rbf_kernel,
+)
+from synthguard.stats import Moments
+
+
+def _unit(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+
+
+# -- per-sample pieces ---------------------------------------------------------------------
+
+
+def test_max_cosine_and_kth_distance_match_brute_force() -> None:
+    x, y = _unit(30, 5, 0), _unit(40, 5, 1)
+    sims = (x @ y.T).numpy()
+    np.testing.assert_allclose(max_cosine(x, y).numpy(), sims.max(1), rtol=0, atol=1e-12)
+    self_sims = (x @ x.T).numpy()
+    loo = np.where(np.eye(30, dtype=bool), -np.inf, self_sims).max(1)
+    np.testing.assert_allclose(max_cosine(x, exclude="self").numpy(), loo, atol=1e-12)
+    earlier = [-np.inf] + [self_sims[i, :i].max() for i in range(1, 30)]
+    np.testing.assert_allclose(max_cosine(x, exclude="later").numpy(), earlier, atol=1e-12)
+    dists = np.linalg.norm(x.numpy()[:, None] - y.numpy()[None], axis=2)
+    np.testing.assert_allclose(
+        kth_distance(x, y, 3).numpy(), np.sort(dists, axis=1)[:, 2], atol=1e-7
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=5, max_value=80),
+    st.integers(min_value=1, max_value=4),
+    st.floats(min_value=0.01, max_value=0.5),
+    st.integers(min_value=0, max_value=10_000),
+)
+def test_joint_calibration_is_the_largest_union_within_alpha(
+    s: int, t: int, alpha: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    badness = torch.from_numpy(rng.integers(0, 6, size=(s, t)).astype(np.float64))  # many ties
+    cal = SampleCalibration(names=tuple(f"c{j}" for j in range(t)), badness=badness)
+
+    def union(r: int) -> int:  # brute force: flag strictly above the r-th largest of each column
+        if r == 0:
+            return 0
+        limits = np.sort(badness.numpy(), axis=0)[::-1][min(r, s) - 1]
+        return int((badness.numpy() > limits).any(axis=1).sum())
+
+    r = cal.tail_count(alpha)
+    assert union(r) <= alpha * s
+    assert r == s or union(r + 1) > alpha * s or union(s) <= alpha * s
+    flags = cal.flags(alpha)
+    assert int(flags.sum()) == union(r)
+    thr = cal.thresholds(alpha)
+    manual = (badness > torch.tensor([thr[n] for n in cal.names])).any(dim=1)
+    assert torch.equal(flags, manual)
+
+
+def test_conformal_p_values_match_their_definition() -> None:
+    badness = torch.tensor([[1.0], [2.0], [2.0], [5.0]])
+    cal = SampleCalibration(names=("a",), badness=badness)
+    new = torch.tensor([0.0, 2.0, 3.0, 9.0])
+    expected = [(1 + (badness[:, 0] >= b).sum().item()) / 5 for b in new]
+    assert cal.p_values("a", new).tolist() == pytest.approx(expected)
+
+
+# -- batch tests: p-values, bounds, Holm -----------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.floats(-5, 5, allow_nan=False), min_size=5, max_size=60),
+    st.floats(-6, 6, allow_nan=False),
+    st.floats(0.001, 0.5),
+    st.sampled_from(["low", "high"]),
+)
+def test_bound_is_exactly_where_p_crosses_the_level(
+    null_values: list[float], value: float, level: float, direction: str
+) -> None:
+    null = torch.tensor(null_values, dtype=torch.float64)
+    p = empirical_p(null, value, direction)  # type: ignore[arg-type]
+    bound = bound_at(null, level, direction)  # type: ignore[arg-type]
+    if bound is None:
+        assert p > level
+    else:
+        beyond = value < bound if direction == "low" else value > bound
+        assert beyond == (p <= level + 1e-12)
+
+
+def _holm_textbook(p: list[float], alpha: float) -> tuple[list[bool], list[float]]:
+    k = len(p)
+    order = sorted(range(k), key=lambda i: (p[i], i))
+    rejected = [False] * k
+    for rank, i in enumerate(order):
+        if p[i] > alpha / (k - rank):
+            break
+        rejected[i] = True
+    adjusted = [0.0] * k
+    for rank, i in enumerate(order):
+        adjusted[i] = max(min(1.0, (k - j) * p[order[j]]) for j in range(rank + 1))
+    return rejected, adjusted
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=10), st.floats(0.001, 0.3))
+def test_holm_matches_the_textbook_procedure(p: list[float], alpha: float) -> None:
+    levels, adjusted, rejected = holm(p, alpha)
+    ref_rejected, ref_adjusted = _holm_textbook(p, alpha)
+    assert rejected == ref_rejected
+    assert adjusted == pytest.approx(ref_adjusted)
+    assert [a <= alpha for a in adjusted] == rejected
+    assert sorted(levels) == pytest.approx(sorted(alpha / (len(p) - i) for i in range(len(p))))
+
+
+# -- batch metrics against the functional core and peers -----------------------------------
+
+
+def _context(
+    support: torch.Tensor, text: torch.Tensor, k: int = 5, cmmd_rows: int = 60
+) -> BatchContext:
+    rows = support[:cmmd_rows]
+    return BatchContext(
+        moments=Moments.from_embeddings(support),
+        align_sum=float(F.alignment(support, text).sum()),
+        accepted=torch.ones(support.shape[0], dtype=torch.bool),
+        support=support,
+        coverage_rows=support.shape[0],
+        coverage_radii_sq=F.knn_radii(support, k) ** 2,
+        cmmd_rows=cmmd_rows,
+        cmmd_sigma=10.0,
+        cmmd_kernel=rbf_kernel(rows, rows, 10.0).fill_diagonal_(1.0),
+        duplicate_cosine=0.9,
+    )
+
+
+def test_batch_values_match_functional_and_peer_packages() -> None:
+    support, batch_img, batch_txt = _unit(200, 8, 0), _unit(40, 8, 1), _unit(40, 8, 2)
+    support_txt = _unit(200, 8, 5)
+    ctx = _context(support, support_txt)
+    values = batch_values(ctx, batch_img, batch_txt)
+    assert values["alignment_shift"] == pytest.approx(
+        float(F.alignment(batch_img, batch_txt).mean() - F.alignment(support, support_txt).mean())
+    )
+    assert values["variance_ratio"] == pytest.approx(
+        F.total_variance(batch_img) / F.total_variance(support)
+    )
+    assert values["vendi_ratio"] == pytest.approx(
+        F.vendi_score(batch_img) / F.vendi_score(support)
+    )
+    peer = prdc_package.compute_prdc(
+        real_features=support.numpy(), fake_features=batch_img.numpy(), nearest_k=5
+    )
+    assert values["coverage"] == pytest.approx(peer["coverage"])
+    assert values["frechet_distance"] == pytest.approx(F.frechet_distance(batch_img, support))
+    assert values["cmmd"] == pytest.approx(F.cmmd(batch_img, support[:60]), rel=1e-9)
+    dup = F.near_duplicates(batch_img, 0.9)
+    assert duplicate_rate(batch_img, 0.9) == pytest.approx(len(set(dup[:, 1].tolist())) / 40)
+
+
+def test_excluded_rows_leave_the_reference_exactly() -> None:
+    support, support_txt = _unit(120, 6, 3), _unit(120, 6, 4)
+    ctx = _context(support, support_txt, cmmd_rows=50)
+    exclude = torch.tensor([3, 10, 55, 70, 119, 0, 42, 49])
+    rest = torch.ones(120, dtype=torch.bool)
+    rest[exclude] = False
+    img, txt = support[exclude], support_txt[exclude]
+    values = batch_values(ctx, img, txt, exclude=exclude)
+    assert values["alignment_shift"] == pytest.approx(
+        float(F.alignment(img, txt).mean() - F.alignment(support[rest], support_txt[rest]).mean())
+    )
+    assert values["variance_ratio"] == pytest.approx(
+        F.total_variance(img) / F.total_variance(support[rest])
+    )
+    assert values["vendi_ratio"] == pytest.approx(
+        F.vendi_score(img) / F.vendi_score(support[rest])
+    )
+    # FD against the complement's own moments (sums minus the excluded rows)
+    assert values["frechet_distance"] == pytest.approx(F.frechet_distance(img, support[rest]))
+    keep_cmmd = rest[:50]
+    assert values["cmmd"] == pytest.approx(F.cmmd(img, support[:50][keep_cmmd]), rel=1e-9)
+    # coverage over the complement, k-NN radii of the full support (brute force)
+    radii = ctx.coverage_radii_sq[rest]
+    d2 = torch.cdist(support[rest], img) ** 2
+    covered = (d2 < radii[:, None] - 1e-9).any(dim=1).double().mean()
+    assert values["coverage"] == pytest.approx(float(covered))
+
+
+def test_resampled_null_calibrates_false_alarms_on_fresh_real_batches() -> None:
+    """Fresh real batches from the reference's distribution fail each test at about its level."""
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randn(6, 12, generator=g, dtype=torch.float64) * 2
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c = centres[torch.randint(0, 6, (n,), generator=g)]
+        img = c + torch.randn(n, 12, generator=g, dtype=torch.float64)
+        txt = img + 0.5 * torch.randn(n, 12, generator=g, dtype=torch.float64)
+        return (torch.nn.functional.normalize(img, dim=1), torch.nn.functional.normalize(txt, dim=1))
+
+    support, support_txt = draw(1200)
+    ctx = _context(support, support_txt, cmmd_rows=300)
+    ctx = BatchContext(**{**ctx.__dict__, "coverage_rows": 600,
+                          "coverage_radii_sq": F.knn_radii(support[:600], 5) ** 2})  # fmt: skip
+    null = batch_null(ctx, support_txt, torch.arange(1200), 40, 40, 199, seed=0)
+    assert null.shape == (199, len(RESAMPLED_TESTS))
+    level = 0.1
+    fails = torch.zeros(len(RESAMPLED_TESTS))
+    trials = 150
+    for _ in range(trials):
+        img, txt = draw(40)
+        values = batch_values(ctx, img, txt)
+        for j, name in enumerate(RESAMPLED_TESTS[:-1]):  # the duplicate rate is 0 here
+            fails[j] += empirical_p(null[:, j], values[name], BATCH_TESTS[name]) <= level
+    rates = fails / trials
+    for j, name in enumerate(RESAMPLED_TESTS[:-1]):
+        # level 0.1 with 150 trials: sd 0.025; allow 3 sd above, and the test must fire at all
+        assert rates[j] <= level + 0.075, (name, float(rates[j]))
+        assert rates[j] >= 0.02, (name, float(rates[j]))
+    assert not math.isnan(float(null.sum()))
+
+
+def test_flag_rate_test_is_the_beta_binomial_tail() -> None:
+    from scipy import stats
+
+    p, bound, median = flag_rate_test(9, 100, 30, 600, 0.01)
+    assert median == pytest.approx(stats.betabinom.median(100, 31, 571) / 100)
+    assert p == pytest.approx(stats.betabinom.sf(8, 100, 31, 571))
+    k = int(round(bound * 100)) + 1  # the smallest count that fails
+    assert stats.betabinom.sf(k - 1, 100, 31, 571) <= 0.01 < stats.betabinom.sf(k - 2, 100, 31, 571)
+    # calibration by simulation: fresh real batches with flag probability from the same posterior
+    rng = np.random.default_rng(0)
+    q = rng.beta(31, 571, size=20_000)
+    counts = rng.binomial(100, q)
+    sims = stats.betabinom.sf(counts - 1, 100, 31, 571)
+    assert abs(float(np.mean(sims <= 0.05)) - 0.05) < 0.01

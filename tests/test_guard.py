@@ -1,0 +1,271 @@
+"""Guard end to end on the bundled digits model and real held-out digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import synthguard as sg
+from synthguard.datasets import DIGIT_NAMES, load_digits
+from synthguard.relabel import Recaptioner
+
+TEMPLATE = "a handwritten digit {name}"
+N_REF = 300  # reference: test[:300]; checked batches come from test[300:]
+
+
+def digit_caption(label: int) -> str:
+    return TEMPLATE.format(name=DIGIT_NAMES[label])
+
+
+@pytest.fixture(scope="module")
+def digits() -> Any:
+    return load_digits("test")  # the encoder never saw these (it was trained on "train")
+
+
+@pytest.fixture(scope="module")
+def reference(digits: Any, digits_encoder: Any) -> sg.Reference:
+    return sg.Reference.build(
+        digits.images[:N_REF], digits.captions[:N_REF], encoder=digits_encoder,
+        labels=digits.labels[:N_REF], label_names=DIGIT_NAMES, label_templates=TEMPLATE,
+        ids=digits.ids[:N_REF],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def guard(reference: sg.Reference) -> sg.Guard:
+    return sg.Guard(reference)
+
+
+def _batch(digits: Any, start: int, stop: int, **changes: Any) -> sg.PairBatch:
+    fields = {
+        "images": digits.images[start:stop],
+        "captions": digits.captions[start:stop],
+        "labels": digits.labels[start:stop],
+        "ids": digits.ids[start:stop],
+    }
+    fields.update(changes)
+    return sg.PairBatch(**fields)
+
+
+def test_a_real_batch_passes(guard: sg.Guard, digits: Any) -> None:
+    report = guard.check(_batch(digits, 300, 400))
+    assert report.accepted, report.summary()
+    assert report.n_accepted >= 85  # α = 5 % per sample, jointly
+    assert report.rows_tested == report.n_accepted  # the distribution tests see accepted rows
+    tested = [m for m in report.metrics.values() if m.passed is not None]
+    assert {m.name for m in tested} == set(sg.GuardConfig().batch_tests)
+    for m in tested:
+        assert m.bound is not None and m.p_value is not None and 0 < m.p_value <= 1
+    assert report.risk_score is not None and 0.0 <= report.risk_score < 0.99
+
+
+def test_swapped_captions_are_rejected_as_low_alignment(guard: sg.Guard, digits: Any) -> None:
+    labels = digits.labels[300:400]
+    wrong = [digit_caption((y + 3) % 10) for y in labels]
+    report = guard.check(_batch(digits, 300, 400, captions=wrong))
+    low = [s for s in report.samples if sg.ReasonCode.LOW_ALIGNMENT in s.reasons]
+    assert len(low) >= 90
+    assert not report.accepted
+    assert "flag_rate" in {m.name for m in report.failed_tests}
+    detail = next(d for d in low[0].details if d.startswith("low_alignment"))
+    assert "<" in detail  # score and threshold are spelled out
+
+
+def test_swapped_captions_are_repaired_by_a_recaptioner(
+    reference: sg.Reference, digits: Any, digits_encoder: Any
+) -> None:
+    def candidates(images: list[Image.Image], k: int) -> list[list[str]]:
+        return [[digit_caption(d) for d in range(10)] for _ in images]
+
+    guard = sg.Guard(reference, recaptioner=Recaptioner(candidates, num_candidates=10))
+    labels = digits.labels[300:360]
+    wrong = [digit_caption((y + 3) % 10) for y in labels]
+    report = guard.check(_batch(digits, 300, 360, captions=wrong))
+    fixed = [s for s in report.samples if s.new_caption is not None]
+    assert len(fixed) >= 50
+    right = sum(s.new_caption == digit_caption(labels[s.index]) for s in fixed)
+    assert right >= 0.95 * len(fixed)
+    for s in fixed:
+        (record,) = [r for r in s.relabels if r.field == "caption"]
+        assert record.old_value == wrong[s.index] and record.new_score > record.old_score
+    clean = report.apply(_batch(digits, 300, 360, captions=wrong))
+    assert clean is not None, report.summary()
+    truth = [digit_caption(labels[digits.ids.index(i) - 300]) for i in clean.ids]
+    assert sum(c == t for c, t in zip(clean.captions, truth, strict=True)) >= 0.95 * len(clean)
+
+
+@pytest.mark.parametrize("policy", ["relabel", "reject", "keep"])
+def test_wrong_labels_follow_the_label_policy(
+    reference: sg.Reference, digits: Any, policy: str
+) -> None:
+    guard = sg.Guard(reference, sg.GuardConfig(label_policy=policy, batch_tests=()))  # type: ignore[arg-type]
+    true = digits.labels[300:360]
+    wrong = [(y + 1) % 10 for y in true]
+    report = guard.check(_batch(digits, 300, 360, labels=wrong))
+    mismatched = [s for s in report.samples if any(r.field == "label" for r in s.relabels)]
+    flagged = [s for s in report.samples if sg.ReasonCode.LABEL_MISMATCH in s.reasons]
+    if policy == "relabel":
+        assert report.n_relabeled >= 50
+        fixed = [s for s in report.samples if s.new_label != wrong[s.index]]
+        assert sum(s.new_label == true[s.index] for s in fixed) >= 0.95 * len(fixed)
+        assert not flagged
+    elif policy == "reject":
+        assert len(flagged) >= 50 and report.n_relabeled == 0
+    else:
+        assert len(mismatched) >= 50 and not flagged
+        assert all(s.new_label == wrong[s.index] for s in report.samples)
+        assert all(not r.applied for s in mismatched for r in s.relabels)
+
+
+def test_one_digit_repeated_with_noise_is_rejected(guard: sg.Guard, digits: Any) -> None:
+    rng = np.random.default_rng(0)
+    base = digits.pixels[310].astype(np.int16)
+    label = digits.labels[310]
+    images = [
+        Image.fromarray(np.clip(base + rng.integers(-12, 13, size=(8, 8)), 0, 255).astype(np.uint8))
+        for _ in range(100)
+    ]
+    batch = sg.PairBatch(images, [digit_caption(label)] * 100, labels=[label] * 100)
+    report = guard.check(batch)
+    assert not report.accepted
+    assert {"duplicate_rate", "flag_rate"} <= {m.name for m in report.failed_tests}
+    assert report.rejects_by_reason["near_duplicate"] >= 80, report.summary()
+    assert report.risk_score is not None and report.risk_score >= 0.99
+    assert report.apply(batch) is None
+
+
+def test_a_batch_collapsed_onto_one_class_fails_the_diversity_tests(guard: sg.Guard) -> None:
+    # 100 distinct real images of one digit: no duplicates, each image fine on its own, but the
+    # batch has lost the diversity of the real data (mode collapse).
+    train = load_digits("train")
+    threes = [i for i, y in enumerate(train.labels) if y == 3][:100]
+    batch = sg.PairBatch(
+        [train.images[i] for i in threes], [digit_caption(3)] * len(threes), labels=[3] * len(threes)
+    )
+    report = guard.check(batch)
+    assert not report.accepted
+    failed = {m.name for m in report.failed_tests}
+    assert {"variance_ratio", "vendi_ratio", "coverage", "frechet_distance"} <= failed, (
+        report.summary()
+    )
+    assert report.n_accepted >= 50  # the samples are fine one by one: it is the batch that fails
+
+
+def test_real_batches_rarely_raise_false_alarms(
+    reference: sg.Reference, digits: Any, digits_encoder: Any
+) -> None:
+    """Batch false-alarm rate on real batches stays within α_batch + sampling error."""
+    image = digits_encoder.encode_images(digits.images[N_REF:])
+    text = digits_encoder.encode_texts(digits.captions[N_REF:])
+    labels = torch.tensor(digits.labels[N_REF:])
+    outcomes = {}
+    for alpha_batch, resamples in ((0.01, 999), (0.2, 199)):
+        guard = sg.Guard(reference, sg.GuardConfig(alpha_batch=alpha_batch, n_resamples=resamples))
+        gen = torch.Generator().manual_seed(1)
+        alarms, trials = 0, 100
+        for _ in range(trials):
+            rows = torch.randperm(image.shape[0], generator=gen)[:40]
+            report = guard.check_embeddings(image[rows], text[rows], labels=labels[rows])
+            alarms += not report.accepted
+        outcomes[alpha_batch] = alarms / trials
+    # 100 trials: binomial sd is 1 point at α 0.01 and 4 points at 0.2; allow 3 sd.
+    assert outcomes[0.01] <= 0.04, outcomes
+    assert outcomes[0.2] <= 0.32, outcomes
+
+
+def test_unreadable_samples_are_rejected_and_the_rest_decided(
+    guard: sg.Guard, digits: Any
+) -> None:
+    images = list(digits.images[300:340])
+    images[3] = b"\xff\xd8 truncated jpeg"
+    images[7] = "/nonexistent/image.png"
+    captions = list(digits.captions[300:340])
+    captions[11] = "   "
+    report = guard.check(sg.PairBatch(images, captions, labels=digits.labels[300:340]))
+    assert report.samples[3].reasons == (sg.ReasonCode.UNREADABLE_IMAGE,)
+    assert report.samples[7].reasons == (sg.ReasonCode.UNREADABLE_IMAGE,)
+    assert report.samples[11].reasons == (sg.ReasonCode.EMPTY_CAPTION,)
+    assert len(report.samples) == 40 and report.rows_tested == report.n_accepted <= 37
+    assert report.n_accepted + sum(not s.accepted for s in report.samples) == 40
+
+
+def test_all_unreadable_rejects_the_batch_without_raising(guard: sg.Guard) -> None:
+    batch = sg.PairBatch([b"junk"] * 5, ["a handwritten digit one"] * 5)
+    report = guard.check(batch)
+    assert not report.accepted and report.n_accepted == 0
+    assert "no sample could be embedded" in report.reasons[0]
+    assert report.rejects_by_reason == {"unreadable_image": 5}
+    assert report.apply(batch) is None
+
+
+def test_bad_arguments_raise_clear_errors(guard: sg.Guard, digits: Any) -> None:
+    with pytest.raises(sg.InvalidInputError, match="at least one sample"):
+        sg.PairBatch([], [])
+    with pytest.raises(sg.InvalidInputError, match="one entry per image"):
+        sg.PairBatch(digits.images[:3], digits.captions[:2])
+    with pytest.raises(sg.InvalidInputError, match=r"labels\[1\] must be a class index"):
+        guard.check(_batch(digits, 300, 303, labels=[1, 10, 2]))
+    with pytest.raises(sg.InvalidInputError, match="must be a PairBatch"):
+        guard.check(digits.images[:3])  # type: ignore[arg-type]
+    with pytest.raises(sg.InvalidInputError, match=r"shape \[n >= 1, 64\]"):
+        guard.check_embeddings(torch.zeros(3, 5), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="n_resamples must be >= 799"):
+        sg.GuardConfig(n_resamples=200)
+    with pytest.raises(ValueError, match="Extra inputs"):
+        sg.GuardConfig(alpah=0.1)  # type: ignore[call-arg]
+
+
+def test_nan_embeddings_are_per_sample_rejects(guard: sg.Guard, reference: sg.Reference) -> None:
+    image = reference.support_image[:30].clone()
+    text = reference.support_text[:30].clone()
+    image[4] = float("nan")
+    text[9] = 0.0
+    report = guard.check_embeddings(image, text)
+    assert report.samples[4].reasons == (sg.ReasonCode.ENCODING_FAILED,)
+    assert report.samples[9].reasons == (sg.ReasonCode.ENCODING_FAILED,)
+    assert report.rows_tested == report.n_accepted <= 28
+
+
+def test_apply_returns_accepted_samples_with_relabels(guard: sg.Guard, digits: Any) -> None:
+    true = digits.labels[300:400]
+    wrong = list(true)
+    wrong[:10] = [(y + 1) % 10 for y in true[:10]]
+    batch = _batch(digits, 300, 400, labels=wrong)
+    report = guard.check(batch)
+    clean = report.apply(batch)
+    assert clean is not None and len(clean) == report.n_accepted
+    kept = {s.id: s for s in report.samples if s.accepted}
+    assert list(clean.ids) == [s.id for s in report.samples if s.accepted]
+    assert clean.labels == [kept[i].new_label for i in clean.ids]
+    assert sum(lab == true[digits.ids.index(i) - 300] for lab, i in
+               zip(clean.labels, clean.ids, strict=True)) >= len(clean) - 2  # fmt: skip
+    with pytest.raises(sg.InvalidInputError, match="this report checked"):
+        report.apply(_batch(digits, 300, 399))
+
+
+def test_reports_are_reproducible_and_serialise(
+    guard: sg.Guard, digits: Any, tmp_path: Path
+) -> None:
+    batch = _batch(digits, 400, 460)
+    first, second = guard.check(batch), guard.check(batch)
+    assert first.to_json() == second.to_json()
+    data = json.loads(first.to_json(tmp_path / "report.json"))
+    assert data == json.loads((tmp_path / "report.json").read_text())
+    again = sg.GuardReport.model_validate(data)
+    assert again.to_dict() == first.to_dict()
+    html = first.to_html(tmp_path / "report.html").read_text()
+    assert "<svg" in html and "variance_ratio" in html and "ACCEPTED" in html
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json"]
+
+
+def test_tiny_batches_get_per_sample_decisions_only(guard: sg.Guard, digits: Any) -> None:
+    report = guard.check(_batch(digits, 300, 305))
+    assert report.risk_score is None and "batch tests skipped" in report.reasons[-1]
+    assert report.accepted == (report.n_accepted > 0)
+    assert len(report.samples) == 5

@@ -1,0 +1,160 @@
+"""Reference: build, calibration on held-out real data, save/load, integrity, fingerprints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import synthguard as sg
+from synthguard.datasets import DIGIT_NAMES, load_digits
+
+TEMPLATE = "a handwritten digit {name}"
+
+
+@pytest.fixture(scope="module")
+def digits() -> Any:
+    # The bundled encoder was trained on the "train" split; real references in these tests use
+    # the held-out "test" split, as a production reference uses data the encoder never saw.
+    return load_digits("test")
+
+
+@pytest.fixture(scope="module")
+def embedded(digits: Any, digits_encoder: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        digits_encoder.encode_images(digits.images).double(),
+        digits_encoder.encode_texts(digits.captions).double(),
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(digits: Any, digits_encoder: Any) -> sg.Reference:
+    return sg.Reference.build(
+        digits.images[:300], digits.captions[:300], encoder=digits_encoder,
+        labels=digits.labels[:300], label_names=DIGIT_NAMES, label_templates=TEMPLATE,
+        ids=digits.ids[:300],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1])
+def test_per_sample_false_reject_rate_on_held_out_real_pairs_is_alpha(
+    alpha: float, digits: Any, embedded: Any, digits_encoder: Any
+) -> None:
+    """Across random reference / held-out splits of real digits, rejects average α ± 2 points."""
+    image, text = embedded
+    labels = torch.tensor(digits.labels)
+    rates = []
+    for split in range(10):
+        perm = torch.randperm(540, generator=torch.Generator().manual_seed(split))
+        ref_rows, held = perm[:270], perm[270:]
+        ref = sg.Reference.from_embeddings(
+            image[ref_rows], text[ref_rows], labels=labels[ref_rows], label_names=DIGIT_NAMES,
+            encoder=digits_encoder, label_templates=TEMPLATE,
+        )  # fmt: skip
+        guard = sg.Guard(ref, sg.GuardConfig(alpha=alpha, batch_tests=(), label_policy="reject"))
+        report = guard.check_embeddings(image[held], text[held], labels=labels[held])
+        rates.append(1 - report.n_accepted / report.n_samples)
+        assert report.n_samples == 270
+    assert abs(float(np.mean(rates)) - alpha) <= 0.02, rates
+
+
+def test_thresholds_tighten_as_alpha_grows(reference: sg.Reference) -> None:
+    loose, strict = reference.thresholds(0.01), reference.thresholds(0.2)
+    assert strict["low_alignment"] >= loose["low_alignment"]
+    assert strict["off_manifold"] <= loose["off_manifold"]
+    assert strict["reference_copy"] <= loose["reference_copy"]
+    assert set(loose) == {"low_alignment", "off_manifold", "reference_copy", "label_mismatch"}
+    assert reference.calibration.flags(0.1).double().mean() <= 0.1
+
+
+def test_support_is_bounded_and_keeps_every_pair_in_the_stats(
+    digits: Any, embedded: Any
+) -> None:
+    image, text = embedded
+    ref = sg.Reference.from_embeddings(image, text, support_size=100)
+    assert ref.n_support == 100 and ref.stats.n_pairs == 540
+    assert ref.calibration.names == ("low_alignment", "off_manifold", "reference_copy")
+    assert not ref.has_labels
+
+
+def test_save_load_round_trip_is_exact(reference: sg.Reference, tmp_path: Path) -> None:
+    reference.batch_null(20, alpha=0.05, resamples=99, seed=0)  # cached: must be saved too
+    path = reference.save(tmp_path / "real.sgref")
+    assert [p.name for p in tmp_path.iterdir()] == ["real.sgref"]  # no temp file left behind
+    loaded = sg.Reference.load(path)
+    assert loaded.thresholds(0.05) == reference.thresholds(0.05)
+    assert torch.equal(loaded.calibration.badness, reference.calibration.badness)
+    assert torch.equal(loaded.class_embeddings, reference.class_embeddings)  # type: ignore[arg-type]
+    assert loaded.fingerprint == reference.fingerprint and loaded.label_names == DIGIT_NAMES
+    assert torch.equal(
+        loaded.batch_null(20, alpha=0.05, resamples=99, seed=0),
+        reference.batch_null(20, alpha=0.05, resamples=99, seed=0),
+    )
+    assert loaded.encoder is None  # encoders are never pickled into the file
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "empty"])
+def test_damaged_reference_files_are_detected(
+    reference: sg.Reference, tmp_path: Path, damage: str
+) -> None:
+    path = reference.save(tmp_path / "real.sgref")
+    blob = bytearray(path.read_bytes())
+    if damage == "flip":
+        blob[-100] ^= 0x01  # inside the tensor data: only the checksum can tell
+    elif damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    elif damage == "garbage":
+        blob = bytearray(b"\x00" * 64)
+    else:
+        blob = bytearray()
+    path.write_bytes(bytes(blob))
+    with pytest.raises(sg.CorruptFileError):
+        sg.Reference.load(path)
+
+
+def test_a_different_encoder_is_refused(
+    reference: sg.Reference, tmp_path: Path, tiny_encoder: Any
+) -> None:
+    path = reference.save(tmp_path / "real.sgref")
+    with pytest.raises(sg.IncompatibleStatsError, match="fingerprint"):
+        sg.Reference.load(path, encoder=tiny_encoder)
+    with pytest.raises(sg.IncompatibleStatsError):
+        sg.Guard(reference, encoder=tiny_encoder)
+
+
+def test_guard_reloads_the_encoder_from_the_spec(digits: Any, tmp_path: Path) -> None:
+    ref = sg.Reference.build(digits.images[:60], digits.captions[:60], encoder="bundled:digits")
+    assert ref.encoder_spec == "bundled:digits"
+    loaded = sg.Reference.load(ref.save(tmp_path / "r.sgref"))
+    guard = sg.Guard(loaded, sg.GuardConfig(batch_tests=()))
+    assert guard.encoder is not None
+    assert guard.encoder.fingerprint == ref.fingerprint
+
+
+def test_unreadable_real_samples_are_counted_not_hidden(digits: Any, digits_encoder: Any) -> None:
+    images = [*digits.images[:40], b"not an image", os.devnull + "/missing.png"]
+    captions = [*digits.captions[:40], "a handwritten digit one", "a handwritten digit two"]
+    with pytest.warns(UserWarning, match="skipped 2 real samples"):
+        ref = sg.Reference.build(images, captions, encoder=digits_encoder)
+    assert ref.skipped == {"unreadable_image": 2}
+    assert ref.stats.n_pairs == 40
+
+
+def test_bad_arguments_name_the_problem(digits: Any, digits_encoder: Any, embedded: Any) -> None:
+    with pytest.raises(sg.InvalidInputError, match=r"labels\[0\] must be a class index"):
+        sg.Reference.build(
+            digits.images[:20], digits.captions[:20], encoder=digits_encoder,
+            labels=[12] * 20, label_names=DIGIT_NAMES,
+        )  # fmt: skip
+    with pytest.raises(sg.InvalidInputError, match="without label_names"):
+        sg.Reference.from_embeddings(embedded[0][:20], embedded[1][:20], labels=[0] * 20)
+    with pytest.raises(sg.InvalidInputError, match="at least k \\+ 2"):
+        sg.Reference.from_embeddings(embedded[0][:5], embedded[1][:5])
+    with pytest.raises(sg.InvalidInputError, match="one row per image"):
+        sg.Reference.from_embeddings(embedded[0][:20], embedded[1][:19])
+    with pytest.raises(sg.InvalidInputError, match="alpha"):
+        sg.Reference.from_embeddings(embedded[0][:20], embedded[1][:20]).thresholds(1.5)
