@@ -172,9 +172,7 @@ def test_batch_values_match_functional_and_peer_packages() -> None:
     assert values["variance_ratio"] == pytest.approx(
         F.total_variance(batch_img) / F.total_variance(support)
     )
-    assert values["vendi_ratio"] == pytest.approx(
-        F.vendi_score(batch_img) / F.vendi_score(support)
-    )
+    assert values["vendi_ratio"] == pytest.approx(F.vendi_score(batch_img) / F.vendi_score(support))
     peer = prdc_package.compute_prdc(
         real_features=support.numpy(), fake_features=batch_img.numpy(), nearest_k=5
     )
@@ -199,9 +197,7 @@ def test_excluded_rows_leave_the_reference_exactly() -> None:
     assert values["variance_ratio"] == pytest.approx(
         F.total_variance(img) / F.total_variance(support[rest])
     )
-    assert values["vendi_ratio"] == pytest.approx(
-        F.vendi_score(img) / F.vendi_score(support[rest])
-    )
+    assert values["vendi_ratio"] == pytest.approx(F.vendi_score(img) / F.vendi_score(support[rest]))
     # FD against the complement's own moments (sums minus the excluded rows)
     assert values["frechet_distance"] == pytest.approx(F.frechet_distance(img, support[rest]))
     keep_cmmd = rest[:50]
@@ -222,7 +218,10 @@ def test_resampled_null_calibrates_false_alarms_on_fresh_real_batches() -> None:
         c = centres[torch.randint(0, 6, (n,), generator=g)]
         img = c + torch.randn(n, 12, generator=g, dtype=torch.float64)
         txt = img + 0.5 * torch.randn(n, 12, generator=g, dtype=torch.float64)
-        return (torch.nn.functional.normalize(img, dim=1), torch.nn.functional.normalize(txt, dim=1))
+        return (
+            torch.nn.functional.normalize(img, dim=1),
+            torch.nn.functional.normalize(txt, dim=1),
+        )
 
     support, support_txt = draw(1200)
     ctx = _context(support, support_txt, cmmd_rows=300)
@@ -252,7 +251,7 @@ def test_flag_rate_test_is_the_beta_binomial_tail() -> None:
     p, bound, median = flag_rate_test(9, 100, 30, 600, 0.01)
     assert median == pytest.approx(stats.betabinom.median(100, 31, 571) / 100)
     assert p == pytest.approx(stats.betabinom.sf(8, 100, 31, 571))
-    k = int(round(bound * 100)) + 1  # the smallest count that fails
+    k = round(bound * 100) + 1  # the smallest count that fails
     assert stats.betabinom.sf(k - 1, 100, 31, 571) <= 0.01 < stats.betabinom.sf(k - 2, 100, 31, 571)
     # calibration by simulation: fresh real batches with flag probability from the same posterior
     rng = np.random.default_rng(0)

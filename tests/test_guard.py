@@ -146,7 +146,9 @@ def test_a_batch_collapsed_onto_one_class_fails_the_diversity_tests(guard: sg.Gu
     train = load_digits("train")
     threes = [i for i, y in enumerate(train.labels) if y == 3][:100]
     batch = sg.PairBatch(
-        [train.images[i] for i in threes], [digit_caption(3)] * len(threes), labels=[3] * len(threes)
+        [train.images[i] for i in threes],
+        [digit_caption(3)] * len(threes),
+        labels=[3] * len(threes),
     )
     report = guard.check(batch)
     assert not report.accepted
@@ -179,9 +181,7 @@ def test_real_batches_rarely_raise_false_alarms(
     assert outcomes[0.2] <= 0.32, outcomes
 
 
-def test_unreadable_samples_are_rejected_and_the_rest_decided(
-    guard: sg.Guard, digits: Any
-) -> None:
+def test_unreadable_samples_are_rejected_and_the_rest_decided(guard: sg.Guard, digits: Any) -> None:
     images = list(digits.images[300:340])
     images[3] = b"\xff\xd8 truncated jpeg"
     images[7] = "/nonexistent/image.png"

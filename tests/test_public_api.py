@@ -16,11 +16,17 @@ TOP_LEVEL = {
     "EncoderError",
     "EncoderFingerprint",
     "EncoderLoadError",
+    "Guard",
+    "GuardConfig",
+    "GuardReport",
     "IncompatibleStatsError",
     "InvalidInputError",
+    "MetricResult",
     "PairBatch",
     "PairEmbeddings",
     "ReasonCode",
+    "Reference",
+    "SampleDecision",
     "SynthGuardError",
     "__version__",
     "functional",
@@ -92,6 +98,30 @@ RELABEL = {
     "rerank_captions",
     "resolve_labels",
 }
+
+
+TORCH_INTEGRATION = {"GuardedCollate", "GuardedDataset", "samples_to_batch"}
+
+REASON_CODES = {
+    "unreadable_image",
+    "empty_caption",
+    "unreadable_caption",
+    "encoding_failed",
+    "low_alignment",
+    "label_mismatch",
+    "near_duplicate",
+    "off_manifold",
+    "reference_copy",
+}
+
+
+def test_torch_integration_surface_is_frozen() -> None:
+    module = importlib.import_module("synthguard.integrations.torch")
+    assert set(module.__all__) == TORCH_INTEGRATION
+
+
+def test_reason_codes_are_stable_strings() -> None:
+    assert {code.value for code in sg.ReasonCode} == REASON_CODES
 
 
 def test_relabel_surface_is_frozen() -> None:

@@ -71,9 +71,7 @@ def test_thresholds_tighten_as_alpha_grows(reference: sg.Reference) -> None:
     assert reference.calibration.flags(0.1).double().mean() <= 0.1
 
 
-def test_support_is_bounded_and_keeps_every_pair_in_the_stats(
-    digits: Any, embedded: Any
-) -> None:
+def test_support_is_bounded_and_keeps_every_pair_in_the_stats(digits: Any, embedded: Any) -> None:
     image, text = embedded
     ref = sg.Reference.from_embeddings(image, text, support_size=100)
     assert ref.n_support == 100 and ref.stats.n_pairs == 540

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,24 @@ from synthguard._calibration import (
     BatchContext,
     SampleCalibration,
     batch_null,
-    max_cosine,
     rbf_kernel,
 )
 from synthguard._errors import IncompatibleStatsError, InvalidInputError
+from synthguard._reference_build import (
+    DimOnly,
+    embed_into,
+    loo_badness,
+    new_stats,
+    unit_rows,
+    zero_shot_setup,
+)
 from synthguard._validation import (
-    as_embeddings,
     check_float,
     check_int,
     check_label_range,
-    describe,
 )
 from synthguard.data import PairBatch, as_sample_list
-from synthguard.encoders import Encoder, EncoderFingerprint, embed_pairs, load_encoder
+from synthguard.encoders import Encoder, EncoderFingerprint, load_encoder
 from synthguard.functional import knn_radii
 from synthguard.relabel import ZeroShotLabeler
 from synthguard.stats import EmbeddingStats, Moments
@@ -167,32 +171,19 @@ class Reference:
         """
         spec = encoder if isinstance(encoder, str) else None
         enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
-        chunk = check_int("chunk_size", chunk_size, minimum=1)
         batch = PairBatch(as_sample_list(images, "images"), captions, labels=labels, ids=ids)
         if batch.labels is not None and label_names is not None:
             check_label_range(batch.labels, len(label_names))
-        stats = _new_stats(enc.dim, enc.fingerprint, support_size, seed, label_names, labels)
-        skipped: Counter[str] = Counter()
-        for start in range(0, len(batch), chunk):
-            part = batch.select(range(start, min(start + chunk, len(batch))))
-            emb = embed_pairs(enc, part)
-            skipped.update(str(code) for code in emb.errors.values())
-            ok = torch.nonzero(emb.valid).flatten().tolist()
-            if ok:
-                stats.update(
-                    emb.image[ok].double(),
-                    emb.text[ok].double(),
-                    labels=None if part.labels is None else [part.labels[i] for i in ok],
-                    ids=[part.ids[i] for i in ok],
-                )
+        stats = new_stats(enc.dim, enc.fingerprint, support_size, seed, label_names, labels)
+        skipped = embed_into(stats, enc, batch, check_int("chunk_size", chunk_size, minimum=1))
         if skipped:
             warnings.warn(
                 f"Reference.build skipped {sum(skipped.values())} real samples that could not "
-                f"be embedded: {dict(skipped)}",
+                f"be embedded: {skipped}",
                 stacklevel=2,
             )
-        ref = cls._finish(stats, enc, spec, k, label_names, label_templates, None, None)
-        ref.skipped = dict(skipped)
+        ref = cls._finish(stats, enc, enc.fingerprint, spec, k, label_names, label_templates)
+        ref.skipped = skipped
         return ref
 
     @classmethod
@@ -219,8 +210,8 @@ class Reference:
         ``encoder`` to embed the ``label_templates``; without either it is off. The fingerprint
         defaults to the encoder's.
         """
-        image = _unit_rows("image_embeddings", image_embeddings)
-        text = _unit_rows("text_embeddings", text_embeddings, dim=image.shape[1])
+        image = unit_rows("image_embeddings", image_embeddings)
+        text = unit_rows("text_embeddings", text_embeddings, dim=image.shape[1])
         if text.shape[0] != image.shape[0]:
             raise InvalidInputError(
                 f"text_embeddings must have one row per image ({image.shape[0]}); "
@@ -228,48 +219,33 @@ class Reference:
             )
         if fingerprint is None and encoder is not None:
             fingerprint = encoder.fingerprint
-        stats = _new_stats(image.shape[1], fingerprint, support_size, seed, label_names, labels)
+        stats = new_stats(image.shape[1], fingerprint, support_size, seed, label_names, labels)
         stats.update(image, text, labels=labels, ids=ids)
         return cls._finish(
-            stats, encoder, None, k, label_names, label_templates, class_embeddings, logit_scale
-        )
+            stats, encoder, fingerprint, None, k, label_names, label_templates,
+            class_embeddings, logit_scale,
+        )  # fmt: skip
 
     @classmethod
     def _finish(
         cls,
         stats: EmbeddingStats,
         encoder: Encoder | None,
+        fingerprint: EncoderFingerprint | None,
         spec: str | None,
         k: int,
         label_names: Sequence[str] | None,
         templates: str | Sequence[str],
-        class_embeddings: Any,
-        logit_scale: float | None,
+        class_embeddings: Any = None,
+        logit_scale: float | None = None,
     ) -> Reference:
-        if label_names is not None and (class_embeddings is not None or encoder is not None):
-            labeler = ZeroShotLabeler(
-                encoder,  # type: ignore[arg-type]
-                label_names,
-                templates,
-                logit_scale=logit_scale,
-                class_embeddings=class_embeddings,
-            )
-            class_embeddings = labeler.class_embeddings.double()
-            logit_scale = labeler.effective_logit_scale
-            templates = labeler.templates
-        else:
-            class_embeddings, logit_scale, templates = None, None, ()
-        fingerprint = None if encoder is None else encoder.fingerprint
-        ref = cls(
-            stats,
-            fingerprint=fingerprint,
-            encoder_spec=spec,
-            k=k,
-            label_names=label_names,
-            label_templates=templates,
-            class_embeddings=class_embeddings,
-            logit_scale=logit_scale,
+        labels = zero_shot_setup(
+            encoder, stats.dim, label_names, templates, class_embeddings, logit_scale
         )
+        ref = cls(
+            stats, fingerprint=fingerprint, encoder_spec=spec, k=k, label_names=label_names,
+            label_templates=labels[2], class_embeddings=labels[0], logit_scale=labels[1],
+        )  # fmt: skip
         ref.encoder = encoder
         return ref
 
@@ -312,9 +288,8 @@ class Reference:
         """The zero-shot labeler with the stored class embeddings (``None`` without labels)."""
         if not self.has_labels or self.label_names is None:
             return None
-        dim_only = _DimOnly(self.stats.dim)
         return ZeroShotLabeler(
-            dim_only,  # type: ignore[arg-type]
+            DimOnly(self.stats.dim),  # type: ignore[arg-type]
             self.label_names,
             self.label_templates or ("{name}",),
             logit_scale=self.logit_scale,
@@ -465,19 +440,10 @@ class Reference:
         return knn_radii(self.support_image[: self.coverage_rows], self.k) ** 2
 
     def _badness(self) -> torch.Tensor:
-        """Leave-one-out badness of each support pair, one column per check."""
-        img, txt = self.support_image, self.support_text
-        columns = [
-            -(img * txt).sum(dim=1),
-            self.support_radii,  # k-th nearest *other* support row: leave-one-out
-            max_cosine(img, exclude="self"),
-        ]
-        labeler = self.labeler()
-        if labeler is not None:
-            pred = labeler.predict(img)
-            given = pred.probabilities.gather(1, self.support_labels[:, None])[:, 0]
-            columns.append(_label_badness(pred.labels, self.support_labels, given))
-        return torch.stack(columns, dim=1).to(torch.float64)
+        return loo_badness(
+            self.support_image, self.support_text, self.support_radii, self.support_labels,
+            self.labeler(),
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         model = None if self.fingerprint is None else self.fingerprint.model_id
@@ -485,23 +451,6 @@ class Reference:
             f"Reference(pairs={self.stats.n_pairs}, support={self.n_support}, "
             f"dim={self.stats.dim}, encoder={model!r}, labels={self.label_names is not None})"
         )
-
-
-class _DimOnly:
-    """Stands in for the encoder when class embeddings are stored (only ``dim`` is read)."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-
-
-def _label_badness(
-    predicted: torch.Tensor, given: torch.Tensor, given_probability: torch.Tensor
-) -> torch.Tensor:
-    """``-P(given)`` where the frozen model disagrees, ``-inf`` (never flagged) where it agrees."""
-    out = torch.full(given.shape, -math.inf, dtype=torch.float64)
-    disagree = (predicted >= 0) & (predicted != given)
-    out[disagree] = -given_probability[disagree].double()
-    return out
 
 
 def _check_alpha(alpha: Any) -> float:
@@ -513,35 +462,3 @@ def _natural(name: str, badness_threshold: float) -> float:
     if name in ("low_alignment", "label_mismatch"):
         return -badness_threshold
     return badness_threshold
-
-
-def _unit_rows(name: str, value: Any, dim: int | None = None) -> torch.Tensor:
-    x = as_embeddings(name, value, dim=dim).to("cpu", torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    bad = torch.nonzero(~(norms > 0)).flatten().tolist()
-    if bad:
-        raise InvalidInputError(f"{name} has zero rows (first: row {bad[0]}); cannot normalise")
-    return x / norms[:, None]
-
-
-def _new_stats(
-    dim: int,
-    fingerprint: EncoderFingerprint | None,
-    support_size: int,
-    seed: int,
-    label_names: Sequence[str] | None,
-    labels: Any,
-) -> EmbeddingStats:
-    if labels is not None and label_names is None:
-        raise InvalidInputError("labels were given without label_names; pass label_names=[...]")
-    if label_names is not None and (isinstance(label_names, str) or len(label_names) < 2):
-        raise InvalidInputError(
-            f"label_names must be a sequence of at least 2 names; got {describe(label_names)}"
-        )
-    return EmbeddingStats(
-        dim,
-        fingerprint=None if fingerprint is None else fingerprint.digest,
-        sample_size=check_int("support_size", support_size, minimum=8),
-        seed=seed,
-        num_labels=None if labels is None or label_names is None else len(label_names),
-    )
