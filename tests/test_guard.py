@@ -57,7 +57,8 @@ def test_a_real_batch_passes(guard: sg.Guard, digits: Any) -> None:
     report = guard.check(_batch(digits, 300, 400))
     assert report.accepted, report.summary()
     assert report.n_accepted >= 85  # α = 5 % per sample, jointly
-    assert report.rows_tested == report.n_accepted  # the distribution tests see accepted rows
+    # the distribution tests see accepted rows, subsampled to a grid size (within 16 %)
+    assert 0.84 * report.n_accepted <= report.rows_tested <= report.n_accepted
     tested = [m for m in report.metrics.values() if m.passed is not None]
     assert {m.name for m in tested} == set(sg.GuardConfig().batch_tests)
     for m in tested:
@@ -191,7 +192,7 @@ def test_unreadable_samples_are_rejected_and_the_rest_decided(guard: sg.Guard, d
     assert report.samples[3].reasons == (sg.ReasonCode.UNREADABLE_IMAGE,)
     assert report.samples[7].reasons == (sg.ReasonCode.UNREADABLE_IMAGE,)
     assert report.samples[11].reasons == (sg.ReasonCode.EMPTY_CAPTION,)
-    assert len(report.samples) == 40 and report.rows_tested == report.n_accepted <= 37
+    assert len(report.samples) == 40 and report.rows_tested <= report.n_accepted <= 37
     assert report.n_accepted + sum(not s.accepted for s in report.samples) == 40
 
 
@@ -229,7 +230,7 @@ def test_nan_embeddings_are_per_sample_rejects(guard: sg.Guard, reference: sg.Re
     report = guard.check_embeddings(image, text)
     assert report.samples[4].reasons == (sg.ReasonCode.ENCODING_FAILED,)
     assert report.samples[9].reasons == (sg.ReasonCode.ENCODING_FAILED,)
-    assert report.rows_tested == report.n_accepted <= 28
+    assert report.rows_tested <= report.n_accepted <= 28
 
 
 def test_apply_returns_accepted_samples_with_relabels(guard: sg.Guard, digits: Any) -> None:

@@ -254,6 +254,8 @@ def _cmmd(ctx: BatchContext, image: torch.Tensor, keep: torch.Tensor) -> float:
     O(m² + m·c) kernel evaluations instead of O(c²).
     """
     ref = ctx.support[: ctx.cmmd_rows][keep]
+    if ref.shape[0] == 0:  # every CMMD row excluded (only in contrived resamples)
+        return math.nan
     out = torch.nonzero(~keep).flatten()
     row_sums = ctx.cmmd_kernel.sum(dim=1)
     # Σ over kept pairs = Σ all − 2 Σ rows of dropped + Σ dropped×dropped (no c×c copy).
@@ -267,6 +269,8 @@ def _cmmd(ctx: BatchContext, image: torch.Tensor, keep: torch.Tensor) -> float:
 def _coverage(ctx: BatchContext, image: torch.Tensor, keep: torch.Tensor) -> float:
     """Fraction of kept coverage-set points whose k-NN ball holds a batch row (Naeem et al.)."""
     real = ctx.support[: ctx.coverage_rows][keep]
+    if real.shape[0] == 0:
+        return math.nan
     radii = ctx.coverage_radii_sq[keep]
     # The same tie band as synthguard.functional.prdc: on-sphere counts as outside.
     radii = radii - 1e-11 * (2.0 * float((real * real).sum(1).max()))

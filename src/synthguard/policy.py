@@ -48,8 +48,13 @@ class GuardConfig(BaseModel):
         batch_tests: batch tests in the Holm family.
         min_batch_size: fewest embeddable samples for the batch tests; smaller batches get
             per-sample decisions only (the report says so).
-        max_batch_rows: most rows the batch metrics use; a larger batch is subsampled (seeded)
-            to this size (and to half the reference support).
+        max_batch_rows: most rows the batch metrics use. The tests run at sizes on a
+            geometric grid (ratio 2^¼: ..., 362, 431, 512, 609, 724, 861, 1024, ...): a batch
+            is subsampled (seeded) to the largest grid size within its accepted rows, this
+            cap and half the reference support, so nearby batch sizes share one calibration. The resampled nulls are computed
+            once per tested size, so every batch above the cap shares one calibration; a larger
+            cap buys power at a calibration cost of roughly ``n_resamples × (cap · d²)``
+            (about 3 minutes at 1024 rows, d = 512, on 2 CPU cores; docs/benchmarks.md).
 
     Example:
         >>> GuardConfig(alpha=0.1).alpha_batch
@@ -76,7 +81,7 @@ class GuardConfig(BaseModel):
     )
     batch_tests: tuple[BatchTest, ...] = cast("tuple[BatchTest, ...]", tuple(BATCH_TESTS))
     min_batch_size: Annotated[int, Field(ge=2)] = 10
-    max_batch_rows: Annotated[int, Field(ge=2)] = 4096
+    max_batch_rows: Annotated[int, Field(ge=2)] = 1024
 
     @model_validator(mode="after")
     def _check_family(self) -> GuardConfig:
