@@ -277,28 +277,29 @@ class Guard:
                 rejecting=self.rejecting,
             )  # fmt: skip
             nulls = {name: null[:, j] for j, name in enumerate(RESAMPLED_TESTS)}
+        values["flag_rate"] = float(outcome.flagged.double().mean())
         ran = [name for name in BATCH_TESTS if name in wanted and name in values]
-        flag_test = "flag_rate" in wanted and n >= cfg.min_batch_size
-        if flag_test:
-            ran.append("flag_rate")
-            values["flag_rate"] = float(outcome.flagged.double().mean())
-        if not ran:
-            return {}, None, 0, [*notes, "batch tests skipped: batch too small"]
+        if "flag_rate" in ran and n < cfg.min_batch_size:
+            ran.remove("flag_rate")
+        flag_p, _, flag_median = self._flag_rate(outcome, cfg.alpha_batch)
         p = [
             empirical_p(nulls[name], values[name], BATCH_TESTS[name])
             if name != "flag_rate"
-            else self._flag_rate(outcome, 1.0)[0]
+            else flag_p
             for name in ran
         ]
-        levels, adjusted, rejected = holm(p, cfg.alpha_batch)
+        levels, adjusted, rejected = holm(p, cfg.alpha_batch) if ran else ([], [], [])
         metrics: dict[str, MetricResult] = {}
         for name in BATCH_TESTS:
             if name not in values:
                 continue
             if name not in ran:
+                is_flag = name == "flag_rate"
                 metrics[name] = MetricResult(
-                    name=name, value=values[name], null_median=_median(nulls.get(name)),
-                    note="not in batch_tests",
+                    name=name, value=values[name], direction=BATCH_TESTS[name],
+                    null_median=flag_median if is_flag else _median(nulls.get(name)),
+                    p_value=flag_p if is_flag else None,
+                    note="informational: not in GuardConfig.batch_tests",
                 )  # fmt: skip
                 continue
             j = ran.index(name)
@@ -314,6 +315,8 @@ class Guard:
                 null_median=median, p_value=p[j], adjusted_p_value=adjusted[j],
                 level=levels[j], passed=not rejected[j],
             )  # fmt: skip
+        if not ran:
+            return metrics, None, 0, [*notes, "batch tests skipped: batch too small"]
         return metrics, 1.0 - min(adjusted), rows if distribution else 0, notes
 
     def _flag_rate(self, outcome: SampleOutcome, level: float) -> tuple[float, float, float]:

@@ -90,7 +90,10 @@ class MetricResult(BaseModel):
     def describe(self) -> str:
         """One line: value, bound, p-values and verdict."""
         if self.passed is None:
-            return f"{self.name} = {self.value:.4g}" + (f" ({self.note})" if self.note else "")
+            extra = "" if self.p_value is None else f"; p = {self.p_value:.3g}"
+            return f"{self.name} = {self.value:.4g}" + (
+                f" ({self.note}{extra})" if self.note else ""
+            )
         side = "<" if self.direction == "low" else ">"
         verdict = "FAILED" if not self.passed else "passed"
         bound = "never (too few resamples)" if self.bound is None else f"{side} {self.bound:.4g}"
