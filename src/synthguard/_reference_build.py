@@ -11,7 +11,7 @@ import torch
 
 from synthguard._calibration import max_cosine
 from synthguard._errors import InvalidInputError
-from synthguard._validation import as_embeddings, check_int, describe
+from synthguard._validation import as_embeddings, check_int, describe, normalize_rows
 from synthguard.data import PairBatch
 from synthguard.encoders import Encoder, EncoderFingerprint, embed_pairs
 from synthguard.relabel import ZeroShotLabeler
@@ -69,13 +69,8 @@ def zero_shot_setup(
 
 
 def unit_rows(name: str, value: Any, dim: int | None = None) -> torch.Tensor:
-    """``[n, d]`` float64 CPU unit rows; zero rows are an error."""
-    x = as_embeddings(name, value, dim=dim).to("cpu", torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    bad = torch.nonzero(~(norms > 0)).flatten().tolist()
-    if bad:
-        raise InvalidInputError(f"{name} has zero rows (first: row {bad[0]}); cannot normalise")
-    return x / norms[:, None]
+    """``[n, d]`` float64 CPU unit rows; non-finite or zero rows are an error."""
+    return normalize_rows(name, as_embeddings(name, value, dim=dim).to("cpu"))
 
 
 def new_stats(

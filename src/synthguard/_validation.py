@@ -234,3 +234,27 @@ def check_label_range(labels: Sequence[int], num_labels: int, name: str = "label
                 f"{name}[{i}] must be a class index in [0, {num_labels}) (one per label_names "
                 f"entry); got {label}"
             )
+
+
+def unit_rows_or_nan(name: str, value: Any, dim: int, n: int | None = None) -> torch.Tensor:
+    """``[n, dim]`` float64 CPU unit rows; a non-finite or zero row becomes a NaN row.
+
+    NaN rows are how the engine marks unembeddable samples (``on_error="nan"``); they must flow
+    through to per-sample reasons rather than fail the whole batch.
+    """
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor) or value.is_complex():
+        raise InvalidInputError(f"{name} must be a real [n, {dim}] tensor; got {describe(value)}")
+    if value.ndim != 2 or value.shape[1] != dim:
+        raise InvalidInputError(
+            f"{name} must have shape [n, {dim}] (the encoder's dim); got {tuple(value.shape)}"
+        )
+    if n is not None and value.shape[0] != n:
+        raise InvalidInputError(f"{name} must have one row per sample ({n}); got {value.shape[0]}")
+    x = value.detach().to("cpu", torch.float64)
+    norms = torch.linalg.vector_norm(x, dim=1)
+    ok = torch.isfinite(x).all(dim=1) & (norms > 0)
+    out = torch.full_like(x, math.nan)
+    out[ok] = x[ok] / norms[ok, None]
+    return out

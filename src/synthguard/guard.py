@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from synthguard._calibration import (
 from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._sample_checks import SampleOutcome, check_samples
-from synthguard._validation import check_label_range, describe
+from synthguard._validation import check_label_range, describe, unit_rows_or_nan
 from synthguard.data import PairBatch
 from synthguard.encoders import Encoder, embed_pairs, load_encoder
 from synthguard.functional import label_drift
@@ -113,7 +112,9 @@ class Guard:
             )
         self._check_labels(batch.labels)
         emb = embed_pairs(self._encoder, batch)
-        image, text = _unit(emb.image), _unit(emb.text)
+        dim = self.reference.stats.dim
+        image = unit_rows_or_nan("encoder image embeddings", emb.image, dim)
+        text = unit_rows_or_nan("encoder text embeddings", emb.text, dim)
         caption_relabels = self._recaption(batch, image, text, emb.errors)
         return self._decide(
             image, text, batch.labels, batch.ids, dict(emb.errors), dict(emb.error_details),
@@ -129,13 +130,11 @@ class Guard:
         error; shapes, labels and ids are validated.
         """
         dim = self.reference.stats.dim
-        image = _as_rows("image_embeddings", image_embeddings, dim)
-        text = _as_rows("text_embeddings", text_embeddings, dim)
-        if image.shape[0] != text.shape[0]:
-            raise InvalidInputError(
-                f"text_embeddings must have one row per image ({image.shape[0]}); "
-                f"got {text.shape[0]}"
-            )
+        image = unit_rows_or_nan("image_embeddings", image_embeddings, dim)
+        if image.shape[0] == 0:
+            raise InvalidInputError("image_embeddings must have at least one row; got 0")
+        text = unit_rows_or_nan("text_embeddings", text_embeddings, dim, n=image.shape[0])
+        # Labels and ids are validated exactly as a PairBatch validates them.
         meta = PairBatch([None] * image.shape[0], [""] * image.shape[0], labels=labels, ids=ids)
         self._check_labels(meta.labels)
         errors: dict[int, ReasonCode] = {}
@@ -179,7 +178,8 @@ class Guard:
                 )  # fmt: skip
             out[i] = record.model_copy(update={"index": i})
             if record.applied:
-                text[i] = _unit(self._encoder.encode_texts([str(record.new_value)]))[0]
+                new = self._encoder.encode_texts([str(record.new_value)])
+                text[i] = unit_rows_or_nan("encoder text embeddings", new, text.shape[1])[0]
         return out
 
     def _decide(
@@ -367,28 +367,3 @@ def _cap(n: int, *limits: int) -> int:
 
 def _median(values: torch.Tensor | None) -> float | None:
     return None if values is None else float(values.median())
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """float64 unit rows; NaN, infinite or zero rows become NaN rows."""
-    x = x.detach().to("cpu", torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    ok = torch.isfinite(x).all(dim=1) & (norms > 0)
-    out = torch.full_like(x, math.nan)
-    out[ok] = x[ok] / norms[ok, None]
-    return out
-
-
-def _as_rows(name: str, value: Any, dim: int) -> torch.Tensor:
-    if hasattr(value, "__array__") and not isinstance(value, torch.Tensor):
-        value = torch.as_tensor(value)
-    if not isinstance(value, torch.Tensor) or value.is_complex() or not value.is_floating_point():
-        raise InvalidInputError(
-            f"{name} must be a real floating [n, {dim}] tensor; got {describe(value)}"
-        )
-    if value.ndim != 2 or value.shape[1] != dim or value.shape[0] == 0:
-        raise InvalidInputError(
-            f"{name} must have shape [n >= 1, {dim}] (the reference's dim); "
-            f"got {tuple(value.shape)}"
-        )
-    return _unit(value)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
-from synthguard._validation import describe
+from synthguard._validation import describe, unit_rows_or_nan
 from synthguard.encoders._base import Encoder, check_caption
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "Score",
     "caption_text",
     "encoder_dim",
-    "image_rows",
     "is_embeddings",
     "score_texts",
 ]
@@ -114,30 +113,6 @@ def is_embeddings(value: Any) -> bool:
     return False
 
 
-def image_rows(name: str, value: Any, dim: int, n: int | None = None) -> torch.Tensor:
-    """``[n, dim]`` float64 CPU unit rows; a non-finite or zero row becomes a NaN row.
-
-    NaN rows are how the engine marks unembeddable samples (``on_error="nan"``); they must flow
-    through to per-sample reasons rather than fail the whole batch.
-    """
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
-    if not isinstance(value, torch.Tensor) or value.is_complex():
-        raise InvalidInputError(f"{name} must be a real [n, {dim}] tensor; got {describe(value)}")
-    if value.ndim != 2 or value.shape[1] != dim:
-        raise InvalidInputError(
-            f"{name} must have shape [n, {dim}] (the encoder's dim); got {tuple(value.shape)}"
-        )
-    if n is not None and value.shape[0] != n:
-        raise InvalidInputError(f"{name} must have one row per sample ({n}); got {value.shape[0]}")
-    x = value.detach().to("cpu", torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    ok = torch.isfinite(x).all(dim=1) & (norms > 0)
-    out = torch.full_like(x, math.nan)
-    out[ok] = x[ok] / norms[ok, None]
-    return out
-
-
 def caption_text(item: Any) -> str | None:
     """The caption as usable text, or ``None`` (empty, whitespace, not text)."""
     checked = check_caption(item)
@@ -155,7 +130,9 @@ def score_texts(
     unique = list(dict.fromkeys(t for row in texts for t in row if t is not None))
     vectors: dict[str, torch.Tensor] = {}
     if unique:
-        emb = image_rows("encoder.encode_texts output", _encode(encoder, unique), image.shape[1])
+        emb = unit_rows_or_nan(
+            "encoder.encode_texts output", _encode(encoder, unique), image.shape[1]
+        )
         vectors = dict(zip(unique, emb, strict=True))
     scores: list[list[float]] = []
     for i, row in enumerate(texts):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from synthguard._errors import EncoderError, EncoderLoadError, InvalidInputError
 from synthguard._reasons import ReasonCode
-from synthguard._validation import check_float, check_int, describe
+from synthguard._validation import check_float, check_int, describe, unit_rows_or_nan
 from synthguard.data import as_sample_list
 from synthguard.encoders._base import Encoder
 from synthguard.encoders._device import resolve_device
@@ -22,7 +22,6 @@ from synthguard.relabel._common import (
     Relabel,
     caption_text,
     encoder_dim,
-    image_rows,
     score_texts,
 )
 from synthguard.relabel._rerank import best_index
@@ -194,14 +193,16 @@ class Recaptioner:
         dim = encoder_dim(encoder)
         pils, failures = _decode(items)
         if image_embeddings is not None:
-            emb = image_rows("image_embeddings", image_embeddings, dim, n=n)
+            emb = unit_rows_or_nan("image_embeddings", image_embeddings, dim, n=n)
             missing = ReasonCode.UNREADABLE_IMAGE
         else:
             emb = torch.full((n, dim), math.nan, dtype=torch.float64)
             order = sorted(pils)
             if order:
                 raw = encoder.encode_images([pils[i] for i in order], on_error="nan")
-                emb[order] = image_rows("encoder.encode_images output", raw, dim, n=len(order))
+                emb[order] = unit_rows_or_nan(
+                    "encoder.encode_images output", raw, dim, n=len(order)
+                )
             missing = ReasonCode.ENCODING_FAILED
         todo = [i for i in sorted(pils) if not bool(torch.isnan(emb[i]).any())]
         generated = self._generate([pils[i] for i in todo], self.device or _device_of(encoder))

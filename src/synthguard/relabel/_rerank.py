@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
-from synthguard._validation import describe
+from synthguard._validation import describe, unit_rows_or_nan
 from synthguard.data import as_sample_list
 from synthguard.encoders._base import Encoder
 from synthguard.relabel._common import (
@@ -19,7 +19,6 @@ from synthguard.relabel._common import (
     Score,
     caption_text,
     encoder_dim,
-    image_rows,
     is_embeddings,
     score_texts,
 )
@@ -155,7 +154,7 @@ def rerank_captions(encoder: Encoder, images: Any, candidates: Any) -> RerankRes
     lists = _candidate_lists(candidates)
     dim = encoder_dim(encoder)
     if is_embeddings(images):
-        image = image_rows("images", images, dim, n=len(lists))
+        image = unit_rows_or_nan("images", images, dim, n=len(lists))
     else:
         items = as_sample_list(images, "images")
         if len(items) != len(lists):
@@ -163,7 +162,7 @@ def rerank_captions(encoder: Encoder, images: Any, candidates: Any) -> RerankRes
                 f"candidates must have one list per image ({len(items)}); got {len(lists)}"
             )
         raw = encoder.encode_images(items, on_error="nan") if items else torch.zeros(0, dim)
-        image = image_rows("image embeddings", raw, dim)
+        image = unit_rows_or_nan("image embeddings", raw, dim)
     texts = [[caption_text(c) for c in row] for row in lists]
     scores = score_texts(encoder, image, texts)
     choices = [

@@ -10,10 +10,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from synthguard._errors import InvalidInputError
-from synthguard._validation import check_float, check_labels, describe
+from synthguard._validation import check_float, check_labels, describe, unit_rows_or_nan
 from synthguard.data import as_sample_list
 from synthguard.encoders._base import Encoder
-from synthguard.relabel._common import Relabel, Score, encoder_dim, image_rows
+from synthguard.relabel._common import Relabel, Score, encoder_dim
 
 __all__ = [
     "DEFAULT_LOGIT_SCALE",
@@ -125,7 +125,7 @@ class ZeroShotLabeler:
         )
         self._class_embeddings: torch.Tensor | None = None
         if class_embeddings is not None:
-            rows = image_rows(
+            rows = unit_rows_or_nan(
                 "class_embeddings", class_embeddings, encoder_dim(encoder), n=len(self.label_names)
             )
             if bool(torch.isnan(rows).any()):
@@ -163,7 +163,7 @@ class ZeroShotLabeler:
             A :class:`ZeroShotPrediction`.
         """
         classes = self.class_embeddings.to(torch.float64)
-        x = image_rows("image_embeddings", image_embeddings, classes.shape[1])
+        x = unit_rows_or_nan("image_embeddings", image_embeddings, classes.shape[1])
         scores = x @ classes.T  # NaN rows stay NaN
         n = x.shape[0]
         labels = torch.full((n,), -1, dtype=torch.int64)
@@ -197,7 +197,7 @@ class ZeroShotLabeler:
         prompts = [p for row in self.prompts for p in row]
         dim = encoder_dim(self.encoder)
         raw = self.encoder.encode_texts(prompts, on_error="nan")
-        emb = image_rows("encoder.encode_texts output", raw, dim, n=len(prompts))
+        emb = unit_rows_or_nan("encoder.encode_texts output", raw, dim, n=len(prompts))
         bad = torch.nonzero(torch.isnan(emb).any(dim=1)).flatten().tolist()
         if bad:
             raise InvalidInputError(
