@@ -26,6 +26,7 @@ MODULES = [
     "synthguard.functional.text",
     "synthguard.guard",
     "synthguard.integrations.torch",
+    "synthguard.monitor",
     "synthguard.policy",
     "synthguard.reference",
     "synthguard.relabel",

@@ -10,6 +10,8 @@ import synthguard as sg
 TOP_LEVEL = {
     "BatchedEncoder",
     "CaptionTruncatedWarning",
+    "CollapseMonitor",
+    "CollapseAlert",
     "CorruptFileError",
     "Encoder",
     "EmbeddingStats",

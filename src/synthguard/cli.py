@@ -1,98 +1,165 @@
-"""The ``synthguard`` command line.
+"""The ``synthguard`` command line: ``demo``, ``reference build``, ``check``, ``bench``.
 
-Exit codes: 0 success, 2 usage or input error (argparse's convention).
+Exit codes: 0 success (``check``: batch accepted), 1 batch rejected (``check``), 2 usage or
+input error (argparse's convention).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
-
-import torch
+from typing import Any
 
 from synthguard._errors import SynthGuardError
 
 __all__ = ["main"]
 
-_DEMO_EXAMPLE = """example:
-  synthguard demo                       # bundled digits encoder on held-out real digits
-  synthguard demo --batch-size 128 --no-progress
-"""
+_EXAMPLES = {
+    "demo": """example:
+  synthguard demo                                  # 10 generations, report in synthguard-demo/
+  synthguard demo --generations 5 --seed 1 --out /tmp/demo --no-progress""",
+    "build": """example:
+  synthguard reference build --input real_pairs/ --encoder openclip:ViT-B-32/laion2b_s34b_b79k \\
+      --out real.sgref
+  synthguard reference build --input real.tar --encoder bundled:digits --out digits.sgref \\
+      --label-names zero,one,two,three,four,five,six,seven,eight,nine \\
+      --template "a handwritten digit {name}"
+
+INPUT: a folder with captions.jsonl (or .csv), WebDataset .tar shards (img2dataset layout)
+or a .parquet file; see synthguard.sources.""",
+    "check": """example:
+  synthguard check --reference real.sgref --input synthetic.tar --out report.json \\
+      --html report.html --write-accepted accepted.tar
+exit code: 0 accepted, 1 rejected, 2 usage or input error""",
+    "bench": """example:
+  synthguard bench                  # guard overhead vs embedding on the bundled model""",
+}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``synthguard`` console script."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synthguard",
         description="Guard retraining pipelines against model collapse from synthetic data.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="embed and score the bundled real digits with the bundled offline encoder",
-        epilog=_DEMO_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_argument("--batch-size", type=int, default=64, help="samples per forward pass")
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = parser.parse_args(argv)
+
+    def add(sub: Any, name: str, key: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(
+            name, help=text, description=text, epilog=_EXAMPLES[key],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        return parser
+
+    demo = add(commands, "demo", "demo", "a self-consuming loop on real digits, guarded or not")
+    demo.add_argument("--generations", type=int, default=10, help="generations after the real one")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the whole run")
+    demo.add_argument("--out", default="synthguard-demo", help="folder for report.html and logs")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    reference = commands.add_parser("reference", help="build a reference from real pairs")
+    ref_commands = reference.add_subparsers(dest="reference_command", required=True)
+    build = add(ref_commands, "build", "build", "embed real pairs and calibrate a reference")
+    build.add_argument("--input", required=True, help="real pairs (folder, .tar, .parquet)")
+    build.add_argument("--encoder", required=True, help="encoder spec, e.g. bundled:digits")
+    build.add_argument("--out", required=True, help="reference file to write (.sgref)")
+    build.add_argument("--label-names", help="comma-separated class names (labels index them)")
+    build.add_argument("--template", default="a photo of a {name}", help="zero-shot template")
+    build.add_argument("--support-size", type=int, default=10_000, help="support pairs kept")
+
+    check = add(commands, "check", "check", "check synthetic pairs against a reference")
+    check.add_argument("--reference", required=True, help="reference file (.sgref)")
+    check.add_argument("--input", required=True, help="synthetic pairs (folder, .tar, .parquet)")
+    check.add_argument("--encoder", help="encoder spec (default: the one the reference names)")
+    check.add_argument("--out", help="write the JSON report here")
+    check.add_argument("--html", help="write the HTML report here")
+    check.add_argument("--write-accepted", help="write accepted, relabeled pairs (same layout)")
+    check.add_argument("--alpha", type=float, default=0.05, help="per-sample false-reject rate")
+    check.add_argument("--alpha-batch", type=float, default=0.01, help="batch family-wise level")
+    check.add_argument("--seed", type=int, default=0, help="seed of resamples and subsamples")
+
+    add(commands, "bench", "bench", "measure the guard's overhead against embedding")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``synthguard`` console script."""
+    args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            return _demo(args.batch_size, args.device, progress=not args.no_progress)
-    except SynthGuardError as exc:
+            return _demo(args)
+        if args.command == "reference":
+            return _build(args)
+        if args.command == "check":
+            return _check(args)
+        return _bench()
+    except (SynthGuardError, OSError) as exc:
         print(f"synthguard: error: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")
-    return 2  # pragma: no cover - parser.error exits
 
 
-def _demo(batch_size: int, device: str, *, progress: bool) -> int:
-    """Smoke run: embed held-out real digits and their captions, print a per-class table."""
-    from synthguard.datasets import DIGIT_NAMES, load_digits
+def _demo(args: argparse.Namespace) -> int:
+    from synthguard._demo.run import format_table, run_demo, summary_lines
+
+    result = run_demo(args.generations, seed=args.seed, out=args.out, progress=not args.no_progress)
+    print(format_table(result))
+    print()
+    print("\n".join(summary_lines(result)))
+    print(f"\nreport: {result.out / 'report.html'}; logs: {result.out}/<arm>.jsonl; "
+          f"{result.seconds:.0f} s")  # fmt: skip
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from synthguard.reference import Reference
+    from synthguard.sources import read_pairs
+
+    batch = read_pairs(args.input)
+    names = None if not args.label_names else [n.strip() for n in args.label_names.split(",")]
+    ref = Reference.build(
+        batch.images, batch.captions, encoder=args.encoder,
+        labels=batch.labels if names else None, label_names=names,
+        label_templates=args.template, ids=batch.ids, support_size=args.support_size,
+    )  # fmt: skip
+    path = ref.save(args.out)
+    checks = ", ".join(ref.calibration.names)
+    skipped = sum(ref.skipped.values())
+    print(f"reference: {ref.stats.n_pairs} pairs, support {ref.n_support}, skipped {skipped}, "
+          f"checks {checks} -> {path}")  # fmt: skip
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
     from synthguard.encoders import load_encoder
+    from synthguard.guard import Guard
+    from synthguard.policy import GuardConfig
+    from synthguard.reference import Reference
+    from synthguard.sources import detect_kind, read_pairs, write_pairs
 
-    encoder = load_encoder(
-        "bundled:digits", batch_size=batch_size, device=device, progress=progress
-    )
-    data = load_digits("test")
-    print(
-        f"encoder {encoder.fingerprint.model_id}  dim={encoder.dim}  device={encoder.device}  "
-        f"fingerprint={encoder.fingerprint.digest[:12]}"
-    )
-    start = time.perf_counter()
-    images = encoder.encode_images(data.images)
-    elapsed = time.perf_counter() - start
-    captions = encoder.encode_texts(list(data.captions))
-    prompts = encoder.encode_texts([f"a handwritten digit {name}" for name in DIGIT_NAMES])
-    labels = torch.as_tensor(data.labels)
-    predicted = (images @ prompts.T).argmax(dim=1)
-    own = (images * captions).sum(dim=1)
-    # A wrong caption: the caption of the next sample with a different label.
-    shifted = torch.roll(torch.arange(len(labels)), 1)
-    wrong_mask = labels[shifted] != labels
-    wrong = (images * captions[shifted]).sum(dim=1)
+    encoder = load_encoder(args.encoder) if args.encoder else None
+    reference = Reference.load(args.reference, encoder=encoder)
+    config = GuardConfig(alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed)
+    guard = Guard(reference, config, encoder=encoder)
+    batch = read_pairs(args.input)
+    report = guard.check(batch)
+    print(report.summary())
+    if args.out:
+        report.to_json(args.out)
+    if args.html:
+        report.to_html(args.html)
+    if args.write_accepted:
+        clean = report.apply(batch)
+        if clean is None:
+            print("nothing accepted: --write-accepted wrote nothing", file=sys.stderr)
+        else:
+            write_pairs(clean, args.write_accepted, detect_kind(args.input))
+    return 0 if report.accepted else 1
 
-    print(f"\nheld-out real digits: {len(labels)} (train split never seen by the encoder)\n")
-    print("| class | n   | zero-shot acc | cos(own caption) | cos(other-class caption) |")
-    print("|-------|-----|---------------|------------------|--------------------------|")
-    for label, name in enumerate(DIGIT_NAMES):
-        rows = labels == label
-        other = rows & wrong_mask
-        class_accuracy = float((predicted[rows] == label).float().mean())
-        print(
-            f"| {name:<5} | {int(rows.sum()):>3} | {class_accuracy:>13.3f} "
-            f"| {float(own[rows].mean()):>16.3f} | {float(wrong[other].mean()):>24.3f} |"
-        )
-    accuracy = float((predicted == labels).float().mean())
-    print(
-        f"| all   | {len(labels):>3} | {accuracy:>13.3f} | {float(own.mean()):>16.3f} "
-        f"| {float(wrong[wrong_mask].mean()):>24.3f} |"
-    )
-    print(f"\nembedded {len(labels)} images in {elapsed:.2f} s ({len(labels) / elapsed:.0f} img/s)")
-    print("The full self-consuming-loop demo arrives with the guard; this is the engine smoke run.")
+
+def _bench() -> int:
+    from synthguard._bench import run_bench
+
+    print(run_bench())
     return 0
 
 

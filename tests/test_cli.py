@@ -1,0 +1,110 @@
+"""The command line: reference build, check (exit codes, outputs), bench, help texts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthguard.cli import main
+from synthguard.datasets import DIGIT_NAMES, load_digits
+from synthguard.sources import read_pairs
+
+TEMPLATE = "a handwritten digit {name}"
+
+
+def _folder(path: Path, images: list[Image.Image], captions: list[str], labels: list[int]) -> Path:
+    path.mkdir()
+    lines = []
+    for i, (image, caption, label) in enumerate(zip(images, captions, labels, strict=True)):
+        image.save(path / f"{i:04d}.png")
+        lines.append(json.dumps({"file": f"{i:04d}.png", "caption": caption, "label": int(label)}))
+    (path / "captions.jsonl").write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    test = load_digits("test")
+    real = _folder(root / "real", test.images[:270], list(test.captions[:270]), test.labels[:270])
+    fresh = _folder(root / "fresh", test.images[270:370], list(test.captions[270:370]),
+                    test.labels[270:370])  # fmt: skip
+    rng = np.random.default_rng(0)
+    base = test.pixels[300].astype(np.int16)
+    noisy = [
+        Image.fromarray(np.clip(base + rng.integers(-12, 13, (8, 8)), 0, 255).astype(np.uint8))
+        for _ in range(60)
+    ]
+    label = test.labels[300]
+    collapsed = _folder(root / "collapsed", noisy, [TEMPLATE.format(name=DIGIT_NAMES[label])] * 60,
+                        [label] * 60)  # fmt: skip
+    reference = root / "real.sgref"
+    code = main([
+        "reference", "build", "--input", str(real), "--encoder", "bundled:digits",
+        "--out", str(reference), "--label-names", ",".join(DIGIT_NAMES), "--template", TEMPLATE,
+    ])  # fmt: skip
+    assert code == 0
+    return {"root": root, "reference": reference, "fresh": fresh, "collapsed": collapsed}
+
+
+def test_check_accepts_real_pairs_and_writes_every_output(
+    workspace: dict[str, Path], capsys: Any
+) -> None:
+    root = workspace["root"]
+    code = main([
+        "check", "--reference", str(workspace["reference"]), "--input", str(workspace["fresh"]),
+        "--out", str(root / "report.json"), "--html", str(root / "report.html"),
+        "--write-accepted", str(root / "accepted"),
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((root / "report.json").read_text())
+    assert report["accepted"] and report["n_samples"] == 100
+    assert "<svg" in (root / "report.html").read_text()
+    accepted = read_pairs(root / "accepted")
+    assert len(accepted) == report["n_accepted"]
+    assert "batch ACCEPTED" in capsys.readouterr().out
+
+
+def test_check_exits_1_on_a_collapsed_batch(workspace: dict[str, Path], capsys: Any) -> None:
+    root = workspace["root"]
+    code = main([
+        "check", "--reference", str(workspace["reference"]),
+        "--input", str(workspace["collapsed"]), "--write-accepted", str(root / "none"),
+    ])  # fmt: skip
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "duplicate_rate" in captured.out and "wrote nothing" in captured.err
+    assert not (root / "none").exists()
+
+
+def test_usage_and_input_errors_exit_2(workspace: dict[str, Path], capsys: Any) -> None:
+    assert main(["check", "--reference", str(workspace["reference"]),
+                 "--input", "/nonexistent/pairs"]) == 2  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err
+    bad = workspace["root"] / "bad.sgref"
+    bad.write_bytes(b"not a reference")
+    assert main(["check", "--reference", str(bad), "--input", str(workspace["fresh"])]) == 2
+    assert "not a synthguard reference" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "--input", "x"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv", [["demo"], ["reference", "build"], ["check"], ["bench"]], ids=lambda a: a[-1]
+)
+def test_every_command_documents_an_example(argv: list[str], capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    assert "example:" in capsys.readouterr().out
+
+
+def test_bench_reports_ratios(capsys: Any) -> None:
+    assert main(["bench"]) == 0
+    out = capsys.readouterr().out
+    assert "× embedding" in out and "guard.check_embeddings" in out
