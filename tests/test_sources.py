@@ -100,3 +100,16 @@ def test_bad_sources_say_what_is_wrong(tmp_path: Path) -> None:
         read_pairs(tmp_path)
     with pytest.raises(sg.InvalidInputError, match="exists"):
         write_pairs(sg.PairBatch([b"x"], ["c"]), tmp_path, "folder")
+
+
+def test_written_files_get_ordinary_permissions(pairs: sg.PairBatch, tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        write_pairs(pairs, tmp_path / "out.tar", "webdataset")
+        write_pairs(pairs, tmp_path / "folder", "folder")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out.tar").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0o600
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755

@@ -27,7 +27,7 @@ from synthguard.encoders import (
     load_encoder,
 )
 from synthguard.guard import Guard
-from synthguard.monitor import CollapseMonitor, CollapseAlert
+from synthguard.monitor import CollapseAlert, CollapseMonitor
 from synthguard.policy import GuardConfig
 from synthguard.reference import Reference
 from synthguard.report import GuardReport, MetricResult, SampleDecision
@@ -38,8 +38,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "BatchedEncoder",
     "CaptionTruncatedWarning",
-    "CollapseMonitor",
     "CollapseAlert",
+    "CollapseMonitor",
     "CorruptFileError",
     "EmbeddingStats",
     "Encoder",

@@ -26,7 +26,7 @@ from synthguard.functional import alignment, cmmd, frechet_distance, prdc, vendi
 from synthguard.reference import Reference
 from synthguard.report import GuardReport
 
-__all__ = ["CollapseMonitor", "CollapseAlert", "Trend", "generation_metrics"]
+__all__ = ["CollapseAlert", "CollapseMonitor", "Trend", "generation_metrics"]
 
 #: Metrics the monitor knows the collapse direction of ("down": falling is collapse).
 COLLAPSE_DIRECTIONS: dict[str, Literal["down", "up"]] = {

@@ -24,13 +24,12 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from synthguard._errors import InvalidInputError
-from synthguard._io import atomic_path
+from synthguard._io import atomic_path, staging_dir
 from synthguard.data import PairBatch
 
 __all__ = ["SourceKind", "detect_kind", "read_pairs", "write_pairs"]
@@ -221,8 +220,7 @@ def write_pairs(batch: PairBatch, dest: str | Path, kind: SourceKind) -> Path:
 def _write_folder(batch: PairBatch, target: Path) -> Path:
     if target.exists():
         raise InvalidInputError(f"destination {str(target)!r} exists; choose a new folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target)
     try:
         lines = []
         for i in range(len(batch)):
