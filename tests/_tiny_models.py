@@ -54,17 +54,9 @@ def build_openclip_dir(path: Path, *, seed: int = 0, cfg: dict[str, Any] | None 
 
 def _hf_tokenizer(path: Path) -> Any:
     """A transformers CLIPTokenizer with open_clip's bundled BPE (identical token ids)."""
-    import open_clip
-    from transformers import CLIPTokenizer
+    from synthguard._testing import clip_tokenizer
 
-    simple = open_clip.get_tokenizer("ViT-B-32")
-    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {rename.get(token, token): index for token, index in simple.encoder.items()}
-    merges = [" ".join(pair) for pair, _ in sorted(simple.bpe_ranks.items(), key=lambda x: x[1])]
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(str(path))
+    return clip_tokenizer(path)
 
 
 def build_hf_clip_dir(path: Path, *, openclip_dir: Path | None = None, seed: int = 0) -> Path:

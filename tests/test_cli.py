@@ -93,6 +93,8 @@ def test_usage_and_input_errors_exit_2(workspace: dict[str, Path], capsys: Any) 
     with pytest.raises(SystemExit) as exit_info:
         main(["check", "--input", "x"])
     assert exit_info.value.code == 2
+    assert main(["demo", "--generations", "0", "--no-progress"]) == 2
+    assert "generations must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

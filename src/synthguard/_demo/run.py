@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthguard._demo.loop import ARMS, Generation, LoopConfig, fit_classifier, run_generation
+from synthguard._validation import check_int
 from synthguard.datasets import DIGIT_NAMES, load_digits
 from synthguard.encoders import load_encoder
 from synthguard.guard import Guard
@@ -75,7 +76,8 @@ def run_demo(
     afresh) and ``<out>/report.html``.
     """
     start = time.perf_counter()
-    cfg = config or LoopConfig(seed=seed)
+    generations = check_int("generations", generations, minimum=1)
+    cfg = config or LoopConfig(seed=check_int("seed", seed, minimum=0))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = load_encoder("bundled:digits")
