@@ -22,7 +22,14 @@ from scipy import stats as scipy_stats
 from synthguard._errors import CorruptFileError, InvalidInputError
 from synthguard._io import atomic_write_text
 from synthguard._validation import check_float, check_int, describe
-from synthguard.functional import alignment, cmmd, frechet_distance, prdc, vendi_score
+from synthguard.functional import (
+    alignment,
+    cmmd,
+    frechet_distance,
+    prdc,
+    total_variance,
+    vendi_score,
+)
 from synthguard.reference import Reference
 from synthguard.report import GuardReport
 
@@ -54,11 +61,8 @@ def generation_metrics(reference: Reference, image: Any, text: Any) -> dict[str,
             f"image must have more than k={reference.k} embeddable rows; got {img.shape[0]}"
         )
     support = reference.support_image
-    centred = img - img.mean(0)
-    ref_centred = support - support.mean(0)
     return {
-        "variance_ratio": float((centred**2).sum() / img.shape[0])
-        / float((ref_centred**2).sum() / support.shape[0]),
+        "variance_ratio": total_variance(img) / total_variance(support),
         "vendi_ratio": vendi_score(img) / vendi_score(support),
         "coverage": prdc(support, img, k=reference.k).coverage,
         "frechet_distance": frechet_distance(img, support),

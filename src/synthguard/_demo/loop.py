@@ -17,18 +17,14 @@ generation; Gerstgrasser et al. 2024).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from synthguard.data import PairBatch
-from synthguard.datasets import CAPTION_TEMPLATES, digit_caption
+from synthguard.datasets import digit_caption
 from synthguard.guard import Guard
 from synthguard.report import GuardReport
 
@@ -98,7 +94,6 @@ def run_generation(
     guard: Guard,
     cfg: LoopConfig,
     generation: int,
-    progress: Callable[[], None] | None = None,
 ) -> tuple[Generation, Generation]:
     """Produce generation ``generation`` of ``arm`` from ``prev``.
 
@@ -145,8 +140,6 @@ def run_generation(
                 kept_pixels.append(pixels[i])
                 kept_labels.append(clean.labels[j] if clean.labels is not None else labels[i])
                 kept_captions.append(clean.captions[j])
-        if progress is not None:
-            progress()
     # What was rejected is not trained on: the arm keeps that much of the data it had.
     keep = rng.choice(len(prev.labels), size=cfg.samples - len(kept_pixels), replace=False)
     return synthetic, Generation(
@@ -155,23 +148,3 @@ def run_generation(
         np.concatenate([np.asarray(kept_labels, dtype=np.int64), prev.labels[keep]]),
         [*kept_captions, *(prev.captions[i] for i in keep)],
     )  # fmt: skip
-
-
-def caption_template_count() -> int:
-    """How many caption templates the captioner writes from (shown in the demo header)."""
-    return len(CAPTION_TEMPLATES)
-
-
-def accuracy(model: LogisticRegression, pixels: np.ndarray, labels: np.ndarray) -> float:
-    x = pixels.reshape(len(pixels), -1).astype(np.float64) / 255.0
-    return float((model.predict(x) == labels).mean())
-
-
-def embed(encoder: Any, gen: Generation) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image and caption embeddings of a generation's pairs."""
-    images = [Image.fromarray(p) for p in gen.pixels]
-    return encoder.encode_images(images), encoder.encode_texts(gen.captions)
-
-
-def finite(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")

@@ -23,8 +23,6 @@ from synthguard.reference import Reference
 __all__ = ["DemoResult", "run_demo"]
 
 TEMPLATE = "a handwritten digit {name}"
-_COLUMNS = ("accuracy", "variance_ratio", "vendi_ratio", "frechet_distance", "alignment_mean",
-            "coverage")  # fmt: skip
 
 
 @dataclass
