@@ -65,6 +65,7 @@ def check_samples(
     alpha: float,
     label_policy: str,
     caption_relabels: dict[int, Relabel],
+    truncated: torch.Tensor | None = None,
 ) -> SampleOutcome:
     """Score every embeddable sample, flag it against the calibrated thresholds, decide."""
     n = image.shape[0]
@@ -158,6 +159,7 @@ def check_samples(
                 new_caption=new_caption,
                 new_label=new_label,
                 relabels=tuple(relabels),
+                truncated=bool(truncated[i]) if truncated is not None else False,
             )
         )
     return SampleOutcome(decisions=decisions, flagged=flagged, n_relabeled=n_relabeled)

@@ -118,7 +118,7 @@ class Guard:
         caption_relabels = self._recaption(batch, image, text, emb.errors)
         return self._decide(
             image, text, batch.labels, batch.ids, dict(emb.errors), dict(emb.error_details),
-            caption_relabels,
+            caption_relabels, emb.truncated,
         )  # fmt: skip
 
     def check_embeddings(
@@ -191,12 +191,13 @@ class Guard:
         errors: dict[int, ReasonCode],
         details: dict[int, str],
         caption_relabels: dict[int, Relabel],
+        truncated: torch.Tensor | None = None,
     ) -> GuardReport:
         cfg, ref = self.config, self.reference
         outcome = check_samples(
             ref, image, text, labels=labels if ref.has_labels else None, ids=ids, errors=errors,
             error_details=details, checks=self.checks, alpha=cfg.alpha,
-            label_policy=cfg.label_policy, caption_relabels=caption_relabels,
+            label_policy=cfg.label_policy, caption_relabels=caption_relabels, truncated=truncated,
         )  # fmt: skip
         n = image.shape[0]
         valid = torch.tensor([i for i in range(n) if i not in errors], dtype=torch.int64)
@@ -231,6 +232,7 @@ class Guard:
             n_samples=n,
             n_accepted=n_accepted,
             n_relabeled=outcome.n_relabeled,
+            n_truncated=sum(d.truncated for d in outcome.decisions),
             rejects_by_reason=count_reasons(tuple(outcome.decisions)),
             alpha=cfg.alpha,
             alpha_batch=cfg.alpha_batch,

@@ -39,6 +39,8 @@ class SampleDecision(BaseModel):
         new_caption: the replacement caption when it was re-captioned, else ``None``.
         new_label: the label the sample carries on (relabeled or given), ``None`` without one.
         relabels: provenance of every relabel considered (applied or not).
+        truncated: the caption was longer than the text tower's context and was embedded
+            truncated (keeping the end-of-text token).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +56,7 @@ class SampleDecision(BaseModel):
     new_caption: str | None = None
     new_label: int | None = None
     relabels: tuple[Relabel, ...] = ()
+    truncated: bool = False
 
 
 class MetricResult(BaseModel):
@@ -117,7 +120,7 @@ class GuardReport(BaseModel):
         samples: one :class:`SampleDecision` per input sample, in order (nothing is dropped).
         metrics: batch metrics by name, tested and informational.
         n_samples / n_accepted / n_relabeled: counts; ``rejects_by_reason`` counts each reason
-            (a sample can have several).
+            (a sample can have several); ``n_truncated``: captions embedded truncated.
         alpha / alpha_batch / seed: the error rates and seed used.
         rows_tested: rows the batch metrics used (after dropping unembeddable samples and
             subsampling above ``max_batch_rows``).
@@ -134,6 +137,7 @@ class GuardReport(BaseModel):
     n_samples: int
     n_accepted: int
     n_relabeled: int
+    n_truncated: int = 0
     rejects_by_reason: dict[str, int]
     alpha: float
     alpha_batch: float
