@@ -16,7 +16,7 @@ from synthguard._calibration import (
     flag_rate_test,
     holm,
 )
-from synthguard._errors import InvalidInputError
+from synthguard._errors import EncoderError, InvalidInputError, SynthGuardError
 from synthguard._reasons import ReasonCode
 from synthguard._sample_checks import SampleOutcome, check_samples
 from synthguard._validation import check_label_range, describe, unit_rows_or_nan
@@ -111,7 +111,15 @@ class Guard:
                 "and records no spec), or use check_embeddings()"
             )
         self._check_labels(batch.labels)
-        emb = embed_pairs(self._encoder, batch)
+        try:
+            emb = embed_pairs(self._encoder, batch)
+        except SynthGuardError:
+            raise
+        except Exception as exc:  # a user encoder's own failure: fail closed, typed
+            raise EncoderError(
+                f"the encoder failed for the whole batch of {len(batch)} samples; nothing was "
+                f"accepted: {type(exc).__name__}: {exc}"
+            ) from exc
         dim = self.reference.stats.dim
         image = unit_rows_or_nan("encoder image embeddings", emb.image, dim)
         text = unit_rows_or_nan("encoder text embeddings", emb.text, dim)
