@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "synthguard",
     "synthguard._validation",
+    "synthguard.concepts",
     "synthguard.data",
     "synthguard.datasets",
     "synthguard.encoders._base",

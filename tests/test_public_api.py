@@ -12,6 +12,8 @@ TOP_LEVEL = {
     "CaptionTruncatedWarning",
     "CollapseMonitor",
     "CollapseAlert",
+    "ConceptBank",
+    "ConceptDrift",
     "CorruptFileError",
     "Encoder",
     "EmbeddingStats",

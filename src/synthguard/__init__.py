@@ -17,6 +17,7 @@ from synthguard._errors import (
     SynthGuardError,
 )
 from synthguard._reasons import ReasonCode
+from synthguard.concepts import ConceptBank, ConceptDrift
 from synthguard.data import PairBatch
 from synthguard.encoders import (
     BatchedEncoder,
@@ -40,6 +41,8 @@ __all__ = [
     "CaptionTruncatedWarning",
     "CollapseAlert",
     "CollapseMonitor",
+    "ConceptBank",
+    "ConceptDrift",
     "CorruptFileError",
     "EmbeddingStats",
     "Encoder",

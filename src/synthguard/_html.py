@@ -7,9 +7,10 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from synthguard.concepts import ConceptDrift
     from synthguard.report import GuardReport
 
-__all__ = ["histogram_svg", "render_report"]
+__all__ = ["bars_svg", "histogram_svg", "render_report"]
 
 _MAX_ROWS = 1000
 _STYLE = """
@@ -71,6 +72,32 @@ def histogram_svg(
     )
 
 
+def bars_svg(drift: ConceptDrift) -> str:
+    """Paired bars per concept: reference share (grey) and batch share (blue)."""
+    width, row = 460, 16
+    height = row * len(drift.concepts) + 30
+    top = max(*drift.reference_share, *drift.batch_share) or 1.0
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+        f"aria-label='concept mix {html.escape(drift.group)}'>",
+        f"<text x='4' y='12' font-size='12'>{html.escape(drift.group)}: JS "
+        f"{drift.js_divergence:.3f} bits, p = {drift.p_value:.3g}, largest mover "
+        f"{html.escape(drift.largest_mover)}</text>",
+    ]
+    for i, (name, ref, got) in enumerate(
+        zip(drift.concepts, drift.reference_share, drift.batch_share, strict=True)
+    ):
+        y = 22 + i * row
+        scale = (width - 140) / top
+        parts.append(
+            f"<text x='4' y='{y + 10}' font-size='10'>{html.escape(name[:18])}</text>"
+            f"<rect x='120' y='{y}' width='{ref * scale:.1f}' height='6' fill='#999'/>"
+            f"<rect x='120' y='{y + 6}' width='{got * scale:.1f}' height='6' fill='#4c78a8'/>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def render_report(report: GuardReport) -> str:
     """The report as one HTML page."""
     verdict = "ACCEPTED" if report.accepted else "REJECTED"
@@ -110,6 +137,9 @@ def render_report(report: GuardReport) -> str:
             for k, v in report.rejects_by_reason.items()
         )
         parts.append("</table>")
+    if report.concepts:
+        parts.append("<h2>Concept mix: reference vs batch</h2>")
+        parts.extend(bars_svg(d) for d in report.concepts.values())
     alignment = [s.scores.get("alignment", math.nan) for s in report.samples]
     thr = next((s.thresholds.get("alignment") for s in report.samples if s.thresholds), None)
     parts.append("<h2>Image–caption alignment</h2>")

@@ -27,6 +27,7 @@ from PIL import Image
 
 __all__ = [
     "CAPTION_TEMPLATES",
+    "DIGITS_CONCEPT_BANK",
     "DIGITS_SPLIT_RANDOM_STATE",
     "DIGITS_TEST_SIZE",
     "DIGIT_NAMES",
@@ -51,6 +52,12 @@ DIGIT_NAMES: tuple[str, ...] = (
 
 #: Caption templates. ``{name}`` is the English word ("seven"), ``{digit}`` the numeral ("7").
 #: The first one is the canonical zero-shot prompt of the bundled digits encoder.
+#: The bundled concept bank for the digits model: the digit classes themselves. The bundled
+#: encoder was trained to tell digits apart, not to see slant or stroke width, so a bank of
+#: such attributes would measure noise; use it with the template "a handwritten digit {name}".
+DIGITS_CONCEPT_BANK: dict[str, tuple[str, ...]] = {"digit": DIGIT_NAMES}
+
+
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "a handwritten digit {name}",
     "a handwritten {name}",

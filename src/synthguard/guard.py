@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ from synthguard._errors import EncoderError, InvalidInputError, SynthGuardError
 from synthguard._reasons import ReasonCode
 from synthguard._sample_checks import SampleOutcome, check_samples
 from synthguard._validation import check_label_range, describe, unit_rows_or_nan
+from synthguard.concepts import ConceptBank, ConceptDrift, concept_drift
 from synthguard.data import PairBatch
 from synthguard.encoders import Encoder, embed_pairs, load_encoder
 from synthguard.functional import label_drift
@@ -32,7 +35,7 @@ __all__ = ["Guard"]
 
 
 class Guard:
-    """Accept or reject synthetic image–caption batches against a real :class:`Reference`.
+    r"""Accept or reject synthetic image–caption batches against a real :class:`Reference`.
 
     Args:
         reference: the real-data reference (its calibration sets every threshold).
@@ -43,6 +46,9 @@ class Guard:
         recaptioner: optional :class:`~synthguard.relabel.Recaptioner`; samples failing only
             the alignment check get generated candidates, and a better-aligned caption that
             passes the threshold replaces theirs (provenance kept).
+        concept_banks: :class:`~synthguard.ConceptBank`\ s whose groups' concept mix is tested
+            against the reference's (χ² or permutation), in the Holm family; uncalibrated
+            banks are calibrated on the reference support.
 
     Raises:
         IncompatibleStatsError: the encoder's fingerprint differs from the reference's.
@@ -68,6 +74,7 @@ class Guard:
         *,
         encoder: Encoder | None = None,
         recaptioner: Recaptioner | None = None,
+        concept_banks: Sequence[ConceptBank] = (),
     ) -> None:
         if not isinstance(reference, Reference):
             raise InvalidInputError(f"reference must be a Reference; got {describe(reference)}")
@@ -84,6 +91,22 @@ class Guard:
         self.checks = tuple(
             c for c in self.config.sample_checks if c in reference.calibration.names
         )
+        self.concept_banks = tuple(concept_banks)
+        for bank in self.concept_banks:
+            if not isinstance(bank, ConceptBank):
+                raise InvalidInputError(
+                    f"concept_banks must hold ConceptBanks; got {describe(bank)}"
+                )
+            bank.check_encoder(reference.fingerprint)
+            if bank.margins is None:
+                bank.calibrate(reference.support_image)
+        family = len(self.config.batch_tests) + sum(len(b.groups) for b in self.concept_banks)
+        if family and (self.config.n_resamples + 1) * self.config.alpha_batch / family < 1:
+            raise InvalidInputError(
+                f"n_resamples must be >= {math.ceil(family / self.config.alpha_batch) - 1} for "
+                f"{family} batch tests (concept groups included) at alpha_batch "
+                f"{self.config.alpha_batch}; got {self.config.n_resamples}"
+            )
         # Checks whose flag rejects a sample: a relabeled (or kept) label disagreement does not.
         self.rejecting = tuple(
             c for c in self.checks if c != "label_mismatch" or self.config.label_policy == "reject"
@@ -211,6 +234,7 @@ class Guard:
         valid = torch.tensor([i for i in range(n) if i not in errors], dtype=torch.int64)
         reasons: list[str] = []
         metrics: dict[str, MetricResult] = {}
+        concepts: list[ConceptDrift] = []
         risk: float | None = None
         rows = 0
         if valid.numel() == 0:
@@ -222,7 +246,7 @@ class Guard:
         elif not cfg.batch_tests:
             reasons.append("batch tests off (GuardConfig.batch_tests is empty)")
         else:
-            metrics, risk, rows, notes = self._batch_tests(image, text, valid, outcome)
+            metrics, risk, rows, notes, concepts = self._batch_tests(image, text, valid, outcome)
             reasons.extend(notes)
             reasons.extend(f"failed {m.describe()}" for m in metrics.values() if m.passed is False)
         if valid.numel():
@@ -242,6 +266,7 @@ class Guard:
             n_relabeled=outcome.n_relabeled,
             n_truncated=sum(d.truncated for d in outcome.decisions),
             rejects_by_reason=count_reasons(tuple(outcome.decisions)),
+            concepts={d.group: d for d in concepts},
             alpha=cfg.alpha,
             alpha_batch=cfg.alpha_batch,
             seed=cfg.seed,
@@ -255,7 +280,7 @@ class Guard:
 
     def _batch_tests(
         self, image: torch.Tensor, text: torch.Tensor, valid: torch.Tensor, outcome: SampleOutcome
-    ) -> tuple[dict[str, MetricResult], float | None, int, list[str]]:
+    ) -> tuple[dict[str, MetricResult], float | None, int, list[str], list[ConceptDrift]]:
         """Run the configured batch tests that have enough rows; Holm over those that ran."""
         cfg, ref = self.config, self.reference
         accepted = valid[[outcome.decisions[i].accepted for i in valid.tolist()]]
@@ -298,8 +323,20 @@ class Guard:
             else flag_p
             for name in ran
         ]
-        levels, adjusted, rejected = holm(p, cfg.alpha_batch) if ran else ([], [], [])
+        concepts = self._concept_tests(image, accepted) if distribution else []
+        p += [drift.p_value for drift in concepts]
+        levels, adjusted, rejected = holm(p, cfg.alpha_batch) if p else ([], [], [])
         metrics: dict[str, MetricResult] = {}
+        for j, drift in enumerate(concepts, start=len(ran)):
+            tails = f"; tail loss: {', '.join(drift.tail_loss)}" if drift.tail_loss else ""
+            metrics[f"concept:{drift.group}"] = MetricResult(
+                name=f"concept:{drift.group}", value=drift.js_divergence, direction="high",
+                p_value=p[j], adjusted_p_value=adjusted[j], level=levels[j],
+                passed=not rejected[j],
+                note=f"Jensen–Shannon (bits) of the concept mix; max-z permutation test; "
+                f"largest mover {drift.largest_mover} ({drift.largest_change:+.1%}){tails}",
+            )  # fmt: skip
+
         for name in BATCH_TESTS:
             if name not in values:
                 continue
@@ -325,9 +362,30 @@ class Guard:
                 null_median=median, p_value=p[j], adjusted_p_value=adjusted[j],
                 level=levels[j], passed=not rejected[j],
             )  # fmt: skip
-        if not ran:
-            return metrics, None, 0, [*notes, "batch tests skipped: batch too small"]
-        return metrics, 1.0 - min(adjusted), rows if distribution else 0, notes
+        if not p:
+            return metrics, None, 0, [*notes, "batch tests skipped: batch too small"], concepts
+        return metrics, 1.0 - min(adjusted), rows if distribution else 0, notes, concepts
+
+    def _concept_tests(self, image: torch.Tensor, accepted: torch.Tensor) -> list[ConceptDrift]:
+        """Concept mix of the accepted rows against the accepted reference support."""
+        cfg, ref = self.config, self.reference
+        pool = ref.accepted_support(cfg.alpha, self.checks, self.rejecting)
+        out = []
+        for bank in self.concept_banks:
+            batch_counts = bank.counts(image[accepted])
+            ref_counts = bank.counts(ref.support_image[pool])
+            for group, counts in batch_counts.items():
+                out.append(
+                    concept_drift(
+                        counts,
+                        ref_counts[group],
+                        bank.concepts(group),
+                        group=group,
+                        resamples=cfg.n_resamples,
+                        seed=cfg.seed,
+                    )
+                )
+        return out
 
     def _flag_rate(self, outcome: SampleOutcome, level: float) -> tuple[float, float, float]:
         ref, cfg = self.reference, self.config

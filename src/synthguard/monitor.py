@@ -162,7 +162,8 @@ class CollapseMonitor:
             generation: must be :attr:`next_generation` (0 is the real data).
             metrics: metric name -> value (e.g. from :func:`generation_metrics`).
             reports: the guard's reports for this generation (verdicts and reject counts are
-                summarised into the record).
+                summarised into the record; each concept group's mean Jensen–Shannon
+                divergence becomes a metric ``concept_js/<group>``, tracked like the others).
             extra: any JSON-serialisable values to keep (e.g. downstream accuracy).
         """
         generation = check_int("generation", generation, minimum=0)
@@ -171,6 +172,8 @@ class CollapseMonitor:
                 f"generation must be {self.next_generation} (the next one to log); got {generation}"
             )
         clean = {str(k): float(v) for k, v in dict(metrics).items()}
+        for group, js in _concept_js(reports or []).items():
+            clean.setdefault(f"concept_js/{group}", js)
         record: dict[str, Any] = {"generation": generation, "metrics": clean}
         if self.records:
             first, last = self.records[0]["metrics"], self.records[-1]["metrics"]
@@ -220,7 +223,9 @@ class CollapseMonitor:
     ) -> list[CollapseAlert]:
         out = []
         first = history[0]["metrics"]
-        for metric, direction in COLLAPSE_DIRECTIONS.items():
+        directions = dict(COLLAPSE_DIRECTIONS)
+        directions.update({k: "up" for k in record["metrics"] if k.startswith("concept_js/")})
+        for metric, direction in directions.items():
             trend = self._trend(history, metric)
             if trend is None or metric not in first or not first[metric]:
                 continue
@@ -273,6 +278,15 @@ def _delta(value: float, base: float | None) -> dict[str, float] | None:
         return None
     relative = (value - base) / abs(base) if base else math.nan
     return {"absolute": value - base, "relative": relative}
+
+
+def _concept_js(reports: list[GuardReport]) -> dict[str, float]:
+    """Mean Jensen–Shannon divergence of each concept group over a generation's reports."""
+    values: dict[str, list[float]] = {}
+    for report in reports:
+        for group, drift in report.concepts.items():
+            values.setdefault(group, []).append(drift.js_divergence)
+    return {g: sum(v) / len(v) for g, v in values.items()}
 
 
 def _summarise(reports: list[GuardReport]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from synthguard._errors import InvalidInputError
 from synthguard._io import atomic_write_text
 from synthguard._reasons import ReasonCode
+from synthguard.concepts import ConceptDrift
 from synthguard.data import PairBatch
 from synthguard.relabel import Relabel
 from synthguard.relabel._common import Score
@@ -125,6 +126,8 @@ class GuardReport(BaseModel):
         rows_tested: rows the batch metrics used (after dropping unembeddable samples and
             subsampling above ``max_batch_rows``).
         reference: what the batch was compared with (encoder digest, pairs, support).
+        concepts: per concept-bank group, the batch's concept mix against the reference's
+            (:class:`~synthguard.ConceptDrift`), when the guard has concept banks.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -144,6 +147,7 @@ class GuardReport(BaseModel):
     seed: int
     rows_tested: int
     reference: dict[str, Any]
+    concepts: dict[str, ConceptDrift] = {}
 
     @property
     def failed_tests(self) -> list[MetricResult]:

@@ -9,7 +9,7 @@ to float64 rounding of the sums, and its sample is identical. Every batch-level 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -116,6 +116,8 @@ class EmbeddingStats:
         num_labels: number of classes; needed to pass ``labels`` to :meth:`update`.
         hist_edges: strictly increasing alignment histogram edges (default: 201 edges on
             ``[-1, 1]``); values outside fall into the end bins.
+        count_tables: named count tables and their shapes (e.g. concept counts per group and
+            class), added to with :meth:`update_counts` and summed by :meth:`merge`.
 
     Example:
         >>> import torch
@@ -135,6 +137,7 @@ class EmbeddingStats:
         seed: int = 0,
         num_labels: int | None = None,
         hist_edges: Any = None,
+        count_tables: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.dim = check_int("dim", dim, minimum=1)
         if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
@@ -150,6 +153,7 @@ class EmbeddingStats:
             None if num_labels is None else check_int("num_labels", num_labels, minimum=1)
         )
         self.hist_edges = check_edges("hist_edges", hist_edges, default=_DEFAULT_EDGES)
+        self.count_tables = _check_tables(count_tables)
         self._state = {
             name: torch.zeros(shape, dtype=torch.float64)
             for name, shape in self._sum_shapes().items()
@@ -248,7 +252,7 @@ class EmbeddingStats:
                 f"cannot merge statistics of different encoders: fingerprint "
                 f"{self.fingerprint!r} != {other.fingerprint!r}"
             )
-        for name in ("dim", "sample_size", "seed", "num_labels"):
+        for name in ("dim", "sample_size", "seed", "num_labels", "count_tables"):
             if getattr(self, name) != getattr(other, name):
                 raise IncompatibleStatsError(
                     f"cannot merge statistics with different {name}: "
@@ -314,6 +318,30 @@ class EmbeddingStats:
         """``[k]`` int64 labels of :meth:`sample` rows (``-1`` where none was given)."""
         return self._state[f"{_check_modality(modality)}_sample_labels"].clone()
 
+    def update_counts(self, name: str, counts: Any) -> EmbeddingStats:
+        """Add non-negative integer ``counts`` to the count table ``name``; returns ``self``."""
+        if name not in self.count_tables:
+            raise InvalidInputError(
+                f"name must be one of the count tables {sorted(self.count_tables)}; got {name!r}"
+            )
+        value = torch.as_tensor(counts).detach().cpu()
+        shape = self.count_tables[name]
+        if tuple(value.shape) != shape or value.is_floating_point() or bool((value < 0).any()):
+            raise InvalidInputError(
+                f"counts for {name!r} must be non-negative integers of shape {shape}; got "
+                f"{describe(counts)}"
+            )
+        self._state[f"counts/{name}"] += value.double()
+        return self
+
+    def counts(self, name: str) -> torch.Tensor:
+        """The float64 count table ``name`` (exact integers)."""
+        if name not in self.count_tables:
+            raise InvalidInputError(
+                f"name must be one of the count tables {sorted(self.count_tables)}; got {name!r}"
+            )
+        return self._state[f"counts/{name}"].clone()
+
     # -- serialisation ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -345,6 +373,9 @@ class EmbeddingStats:
         if version != FORMAT_VERSION:
             raise InvalidInputError(f"state format_version must be {FORMAT_VERSION}, got {version}")
         num_labels = int(state["num_labels"])
+        tables = {
+            k[len("counts/") :]: tuple(v.shape) for k, v in state.items() if k.startswith("counts/")
+        }
         out = cls(
             int(state["dim"]),
             fingerprint=bytes(state["fingerprint"].tolist()).decode("utf-8") or None,
@@ -352,6 +383,7 @@ class EmbeddingStats:
             seed=int(state["seed"]),
             num_labels=None if num_labels < 0 else num_labels,
             hist_edges=state["hist_edges"],
+            count_tables=tables,
         )
         expected = set(out._state) | config_keys
         if set(state) != expected:
@@ -411,12 +443,14 @@ class EmbeddingStats:
             "pair_count": (), "pair_sum_diff": (d,),
             "align_sum": (), "align_sum_sq": (), "align_hist": (self.hist_edges.numel() - 1,),
             "label_counts": (self.num_labels or 0,),
+            **{f"counts/{name}": shape for name, shape in self.count_tables.items()},
         }  # fmt: skip
 
     def _empty_like(self, fingerprint: str | None) -> EmbeddingStats:
         return EmbeddingStats(
             self.dim, fingerprint=fingerprint, sample_size=self.sample_size, seed=self.seed,
             num_labels=self.num_labels, hist_edges=self.hist_edges,
+            count_tables=self.count_tables,
         )  # fmt: skip
 
     def _moments(self, m: Modality) -> Moments:
@@ -455,6 +489,18 @@ class EmbeddingStats:
             f"EmbeddingStats(dim={self.dim}, fingerprint={self.fingerprint!r}, "
             f"images={self.image.count}, texts={self.text.count}, pairs={self.n_pairs})"
         )
+
+
+def _check_tables(tables: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in dict(tables or {}).items():
+        dims = tuple(int(x) for x in shape)
+        if not isinstance(name, str) or not name or any(x < 1 for x in dims) or not dims:
+            raise InvalidInputError(
+                f"count_tables must map names to shapes of positive sizes; got {name!r}: {shape!r}"
+            )
+        out[name] = dims
+    return dict(sorted(out.items()))
 
 
 def _to_int63(hashes: np.ndarray) -> torch.Tensor:
