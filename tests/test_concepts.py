@@ -172,3 +172,11 @@ def test_the_monitor_tracks_concept_groups(setup: Any, train: Any) -> None:
     js = [r["metrics"]["concept_js/digit"] for r in monitor.records]
     assert js[-1] > js[0]
     assert any(w.metric == "concept_js/digit" for w in monitor.warnings)
+
+
+def test_the_holm_family_counts_concept_groups(setup: Any, digits_encoder: Any) -> None:
+    guard, _ = setup
+    two_groups = {"digit": DIGIT_NAMES, "parity": ("even number", "odd number")}
+    bank = sg.ConceptBank(two_groups, digits_encoder, templates=TEMPLATE)
+    with pytest.raises(sg.InvalidInputError, match="n_resamples must be >= 899"):
+        sg.Guard(guard.reference, sg.GuardConfig(n_resamples=699), concept_banks=[bank])
