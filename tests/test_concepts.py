@@ -180,3 +180,21 @@ def test_the_holm_family_counts_concept_groups(setup: Any, digits_encoder: Any) 
     bank = sg.ConceptBank(two_groups, digits_encoder, templates=TEMPLATE)
     with pytest.raises(sg.InvalidInputError, match="n_resamples must be >= 899"):
         sg.Guard(guard.reference, sg.GuardConfig(n_resamples=699), concept_banks=[bank])
+
+
+def test_banks_are_saved_with_the_reference(
+    train: Any, digits: Any, embedded: Any, digits_encoder: Any
+) -> None:
+    ref = sg.Reference.from_embeddings(
+        embedded[0], embedded[1], labels=digits.labels, label_names=DIGIT_NAMES,
+        encoder=digits_encoder, label_templates=TEMPLATE,
+    )  # fmt: skip
+    ref.add_concept_bank(sg.ConceptBank(DIGITS_CONCEPT_BANK, digits_encoder, templates=TEMPLATE))
+    loaded = sg.Reference.load(ref.save(Path(tempfile.mkdtemp()) / "with_bank.sgref"))
+    assert [b.groups for b in loaded.concept_banks] == [{"digit": DIGIT_NAMES}]
+    assert loaded.concept_banks[0].margins == ref.concept_banks[0].margins
+    data, image, text = train
+    rows = _rows(data.labels, lambda y: y != 3, 230, 1)
+    before = sg.Guard(ref).check_embeddings(image[rows], text[rows]).concepts
+    after = sg.Guard(loaded, encoder=digits_encoder).check_embeddings(image[rows], text[rows])
+    assert after.concepts == before and after.concepts["digit"].largest_mover == "three"

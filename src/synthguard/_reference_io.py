@@ -20,6 +20,7 @@ from safetensors.torch import save as save_tensors
 
 from synthguard._errors import CorruptFileError
 from synthguard._io import atomic_write_bytes
+from synthguard.concepts import ConceptBank
 from synthguard.encoders import EncoderFingerprint
 from synthguard.stats import EmbeddingStats
 
@@ -51,6 +52,18 @@ def save_reference(ref: Reference, path: Path) -> Path:
         tensors["class_embeddings"] = ref.class_embeddings
     for key, null in ref._null_cache.items():
         tensors[f"null/{key}"] = null
+    banks = []
+    for i, bank in enumerate(ref.concept_banks):
+        for group, embedding in bank.embeddings.items():
+            tensors[f"bank/{i}/{group}"] = embedding
+        banks.append({
+            "groups": {g: list(c) for g, c in bank.groups.items()},
+            "margins": bank.margins,
+            "templates": bank.templates if isinstance(bank.templates, str)
+            else list(bank.templates),
+            "uncertain_rate": bank.uncertain_rate,
+            "fingerprint": bank.fingerprint.model_dump(),
+        })  # fmt: skip
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {
         "format": FORMAT,
@@ -65,6 +78,7 @@ def save_reference(ref: Reference, path: Path) -> Path:
         "cmmd_rows": ref.cmmd_rows,
         "checks": list(ref.calibration.names),
         "skipped": ref.skipped,
+        "concept_banks": banks,
         "sha256": _checksum(tensors),
     }
     atomic_write_bytes(path, save_tensors(tensors, metadata={"synthguard": json.dumps(meta)}))
@@ -113,6 +127,22 @@ def load_reference(cls: type[Reference], path: Path) -> Reference:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(f"reference file {str(path)!r} is inconsistent: {exc}") from exc
+    try:
+        ref.concept_banks = [
+            ConceptBank.from_parts(
+                spec["groups"],
+                {g: tensors[f"bank/{i}/{g}"] for g in spec["groups"]},
+                fingerprint=EncoderFingerprint(**spec["fingerprint"]),
+                margins=spec["margins"],
+                templates=spec["templates"],
+                uncertain_rate=spec["uncertain_rate"],
+            )
+            for i, spec in enumerate(meta.get("concept_banks", []))
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFileError(
+            f"reference file {str(path)!r}: a concept bank is broken: {exc}"
+        ) from exc
     if list(ref.calibration.names) != meta["checks"]:
         raise CorruptFileError(f"reference file {str(path)!r}: calibration columns do not match")
     return ref

@@ -189,6 +189,32 @@ class ConceptBank:
         }
         self.margins: dict[str, float] | None = None
 
+    @classmethod
+    def from_parts(
+        cls,
+        groups: Mapping[str, Sequence[str]],
+        embeddings: Mapping[str, torch.Tensor],
+        *,
+        fingerprint: EncoderFingerprint,
+        margins: Mapping[str, float] | None,
+        templates: str | Sequence[str],
+        uncertain_rate: float,
+    ) -> ConceptBank:
+        """Rebuild a bank from stored parts (no encoder needed), e.g. from a reference file."""
+        bank = cls.__new__(cls)
+        bank.groups = {str(g): tuple(str(c) for c in cs) for g, cs in groups.items()}
+        bank.uncertain_rate = check_float("uncertain_rate", uncertain_rate, low=0.0, high=1.0)
+        bank.fingerprint = fingerprint
+        bank.templates = templates
+        bank.embeddings = {g: torch.as_tensor(embeddings[g]).double() for g in bank.groups}
+        for group, concepts in bank.groups.items():
+            if tuple(bank.embeddings[group].shape[:1]) != (len(concepts),):
+                raise InvalidInputError(
+                    f"embeddings[{group!r}] must have one row per concept ({len(concepts)})"
+                )
+        bank.margins = None if margins is None else {g: float(m) for g, m in margins.items()}
+        return bank
+
     def concepts(self, group: str) -> tuple[str, ...]:
         """The group's concepts plus the ``"uncertain"`` bucket (the count vector's order)."""
         return (*self.groups[group], UNCERTAIN)

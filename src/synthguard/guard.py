@@ -47,8 +47,9 @@ class Guard:
             the alignment check get generated candidates, and a better-aligned caption that
             passes the threshold replaces theirs (provenance kept).
         concept_banks: :class:`~synthguard.ConceptBank`\ s whose groups' concept mix is tested
-            against the reference's (χ² or permutation), in the Holm family; uncalibrated
-            banks are calibrated on the reference support.
+            against the reference's (max-z permutation test), in the Holm family, in addition
+            to the banks saved with the reference; uncalibrated banks are calibrated on the
+            reference support.
 
     Raises:
         IncompatibleStatsError: the encoder's fingerprint differs from the reference's.
@@ -91,7 +92,7 @@ class Guard:
         self.checks = tuple(
             c for c in self.config.sample_checks if c in reference.calibration.names
         )
-        self.concept_banks = tuple(concept_banks)
+        self.concept_banks = (*reference.concept_banks, *concept_banks)
         for bank in self.concept_banks:
             if not isinstance(bank, ConceptBank):
                 raise InvalidInputError(

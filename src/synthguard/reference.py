@@ -37,7 +37,9 @@ from synthguard._validation import (
     check_float,
     check_int,
     check_label_range,
+    describe,
 )
+from synthguard.concepts import ConceptBank
 from synthguard.data import PairBatch, as_sample_list
 from synthguard.encoders import Encoder, EncoderFingerprint, load_encoder
 from synthguard.functional import knn_radii
@@ -104,6 +106,7 @@ class Reference:
         self.logit_scale = logit_scale
         self.skipped = dict(skipped or {})
         self.encoder: Encoder | None = None  # in memory only, never saved
+        self.concept_banks: list[ConceptBank] = []  # saved with the reference
         self.support_image = stats.sample("image")
         self.support_text = stats.sample("text")
         self.support_labels = stats.sample_labels("image")
@@ -388,6 +391,19 @@ class Reference:
                     context, self.support_text, pool, size, dup_size, resamples, seed
                 )
             return self._null_cache[key]
+
+    def add_concept_bank(self, bank: ConceptBank) -> None:
+        """Keep ``bank`` with the reference (saved with it; guards use it by default).
+
+        The bank must come from the reference's encoder; an uncalibrated bank is calibrated on
+        the support.
+        """
+        if not isinstance(bank, ConceptBank):
+            raise InvalidInputError(f"bank must be a ConceptBank; got {describe(bank)}")
+        bank.check_encoder(self.fingerprint)
+        if bank.margins is None:
+            bank.calibrate(self.support_image)
+        self.concept_banks.append(bank)
 
     def check_encoder(self, encoder: Encoder) -> None:
         """Raise :class:`IncompatibleStatsError` if ``encoder`` is not the reference's."""
