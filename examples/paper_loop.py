@@ -77,42 +77,15 @@ def tiny_models(workdir: Path) -> Models:
     )
     from safetensors.torch import save_file
     from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
         CLIPTextConfig,
         CLIPTextModel,
     )
 
-    from synthguard._testing import clip_tokenizer
+    from synthguard._testing import clip_tokenizer, tiny_blip
 
-    torch.manual_seed(0)
     words = ["a", "photo", "of", "cat", "coffee", "rocket", "red", "cup", "sky", "the", "on"]
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"])}
-    vocab.update({w: len(vocab) + i for i, w in enumerate(words)})
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 2, "projection_dim": 32}  # fmt: skip
-    config = BlipConfig(
-        text_config={
-            **small,
-            "vocab_size": len(vocab),
-            "encoder_hidden_size": 32,
-            "max_position_embeddings": 40,
-            "bos_token_id": 5,
-            "eos_token_id": 3,
-            "sep_token_id": 3,
-            "pad_token_id": 0,
-        },
-        vision_config={**small, "image_size": 32, "patch_size": 8},
-        projection_dim=32,
-        image_text_hidden_size=32,
-    )
-    processor = BlipProcessor(
-        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
-        tokenizer=BertTokenizer(vocab=vocab, do_lower_case=True, bos_token="[DEC]"),
-    )
+    captioner, processor = tiny_blip(words)
+    torch.manual_seed(0)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=2,
         num_hidden_layers=2, max_position_embeddings=77,
@@ -149,7 +122,7 @@ def tiny_models(workdir: Path) -> Models:
     save_file({k: v.contiguous() for k, v in weights.items()},
               str(clip_dir / "open_clip_model.safetensors"))  # fmt: skip
     return Models(
-        captioner=BlipForConditionalGeneration(config).eval(),
+        captioner=captioner,
         processor=processor,
         pipe=pipe,
         encoder=sg.load_encoder(f"openclip:local-dir:{clip_dir}"),

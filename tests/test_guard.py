@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import synthguard as sg
+from _digits import TEMPLATE, digits_reference
 from synthguard.datasets import DIGIT_NAMES, load_digits
 from synthguard.relabel import Recaptioner
 
-TEMPLATE = "a handwritten digit {name}"
 N_REF = 300  # reference: test[:300]; checked batches come from test[300:]
 
 
@@ -30,11 +30,7 @@ def digits() -> Any:
 
 @pytest.fixture(scope="module")
 def reference(digits: Any, digits_encoder: Any) -> sg.Reference:
-    return sg.Reference.build(
-        digits.images[:N_REF], digits.captions[:N_REF], encoder=digits_encoder,
-        labels=digits.labels[:N_REF], label_names=DIGIT_NAMES, label_templates=TEMPLATE,
-        ids=digits.ids[:N_REF],
-    )  # fmt: skip
+    return digits_reference(digits, digits_encoder, N_REF)
 
 
 @pytest.fixture(scope="module")

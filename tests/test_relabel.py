@@ -144,48 +144,12 @@ BLIP_WORDS = ["a", "the", "handwritten", "digit", "photo", "of", "number", *DIGI
 @pytest.fixture(scope="module")
 def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random BlipForConditionalGeneration + BlipProcessor, saved like a user checkpoint."""
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
+    from synthguard._testing import tiny_blip
 
     path = tmp_path_factory.mktemp("tiny_blip")
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    vocab = {token: i for i, token in enumerate(special + BLIP_WORDS)}
-    # transformers 5: BertTokenizer(vocab_file=...) ignores the file; vocab= is honoured.
-    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, bos_token="[DEC]")
-    ids = {"bos_token_id": 5, "eos_token_id": 3, "sep_token_id": 3, "pad_token_id": 0}
-    config = BlipConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": 32,
-            "encoder_hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 40,
-            "projection_dim": 32,
-            **ids,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-            "projection_dim": 32,
-        },
-        projection_dim=32,
-        image_text_hidden_size=32,
-    )
-    torch.manual_seed(0)
-    BlipForConditionalGeneration(config).eval().save_pretrained(str(path))
-    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
-    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(path))
+    model, processor = tiny_blip(BLIP_WORDS)
+    model.save_pretrained(str(path))
+    processor.save_pretrained(str(path))
     return path
 
 

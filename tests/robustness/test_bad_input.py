@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import synthguard as sg
-from synthguard.datasets import DIGIT_NAMES, load_digits
+from _digits import TEMPLATE, digits_reference
+from synthguard.datasets import load_digits
 
-TEMPLATE = "a handwritten digit {name}"
 UNREADABLE = sg.ReasonCode.UNREADABLE_IMAGE
 
 
@@ -29,11 +29,7 @@ def digits() -> Any:
 
 @pytest.fixture(scope="module")
 def guard(digits: Any, digits_encoder: Any) -> sg.Guard:
-    ref = sg.Reference.build(
-        digits.images[:270], digits.captions[:270], encoder=digits_encoder,
-        labels=digits.labels[:270], label_names=DIGIT_NAMES, label_templates=TEMPLATE,
-    )  # fmt: skip
-    return sg.Guard(ref, sg.GuardConfig(batch_tests=()))
+    return sg.Guard(digits_reference(digits, digits_encoder, 270), sg.GuardConfig(batch_tests=()))
 
 
 def _encoded(image: Image.Image, fmt: str, **kw: Any) -> bytes:

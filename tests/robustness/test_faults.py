@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import synthguard as sg
-from synthguard.datasets import DIGIT_NAMES, load_digits
+from _digits import digits_reference
+from synthguard.datasets import load_digits
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "synthguard"
-TEMPLATE = "a handwritten digit {name}"
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,7 @@ def digits() -> Any:
 
 @pytest.fixture(scope="module")
 def reference(digits: Any, digits_encoder: Any) -> sg.Reference:
-    return sg.Reference.build(
-        digits.images[:270], digits.captions[:270], encoder=digits_encoder,
-        labels=digits.labels[:270], label_names=DIGIT_NAMES, label_templates=TEMPLATE,
-    )  # fmt: skip
+    return digits_reference(digits, digits_encoder, 270)
 
 
 class _Failing:
