@@ -198,3 +198,19 @@ def test_banks_are_saved_with_the_reference(
     before = sg.Guard(ref).check_embeddings(image[rows], text[rows]).concepts
     after = sg.Guard(loaded, encoder=digits_encoder).check_embeddings(image[rows], text[rows])
     assert after.concepts == before and after.concepts["digit"].largest_mover == "three"
+
+
+def test_conditional_drift_within_each_class(setup: Any, train: Any) -> None:
+    guard, bank = setup
+    data, image, text = train
+    rows = _rows(data.labels, lambda y: True, 300, 3)
+    labels = [data.labels[i] for i in rows]
+    report = guard.check_embeddings(image[rows], text[rows], labels=labels)
+    by_class = report.concepts_by_class["digit"]
+    assert set(by_class) <= set(DIGIT_NAMES) and len(by_class) >= 9
+    three = by_class["three"]
+    assert three.batch_share[3] > 0.8 and three.reference_share[3] > 0.8  # threes look like 3s
+    # the same numbers from the counts by hand
+    accepted = [s.index for s in report.samples if s.accepted]
+    mine = bank.counts(image[rows][accepted], [report.samples[i].new_label for i in accepted], 10)
+    assert three.batch_count == int(mine["digit"][3].sum())

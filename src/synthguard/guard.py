@@ -268,6 +268,7 @@ class Guard:
             n_truncated=sum(d.truncated for d in outcome.decisions),
             rejects_by_reason=count_reasons(tuple(outcome.decisions)),
             concepts={d.group: d for d in concepts},
+            concepts_by_class=self._conditional_concepts(image, outcome) if concepts else {},
             alpha=cfg.alpha,
             alpha_batch=cfg.alpha_batch,
             seed=cfg.seed,
@@ -366,6 +367,40 @@ class Guard:
         if not p:
             return metrics, None, 0, [*notes, "batch tests skipped: batch too small"], concepts
         return metrics, 1.0 - min(adjusted), rows if distribution else 0, notes, concepts
+
+    def _conditional_concepts(
+        self, image: torch.Tensor, outcome: SampleOutcome
+    ) -> dict[str, dict[str, ConceptDrift]]:
+        """Per group and class: the attribute mix *within* the class, batch vs reference.
+
+        Informational (not in the Holm family): classes x groups tests would dilute it. Uses
+        the labels the accepted samples carry on (relabels applied).
+        """
+        cfg, ref = self.config, self.reference
+        names = ref.label_names
+        rows = [d.index for d in outcome.decisions if d.accepted and d.new_label is not None]
+        if names is None or not rows or not bool((ref.support_labels >= 0).all()):
+            return {}
+        pool = ref.accepted_support(cfg.alpha, self.checks, self.rejecting)
+        labels = [outcome.decisions[i].new_label for i in rows]
+        out: dict[str, dict[str, ConceptDrift]] = {}
+        for bank in self.concept_banks:
+            ours = bank.counts(image[rows], labels, len(names))
+            theirs = bank.counts(ref.support_image[pool], ref.support_labels[pool], len(names))
+            for group, table in ours.items():
+                out[group] = {
+                    names[c]: concept_drift(
+                        table[c],
+                        theirs[group][c],
+                        bank.concepts(group),
+                        group=group,
+                        resamples=199,
+                        seed=cfg.seed,
+                    )
+                    for c in range(len(names))
+                    if int(table[c].sum()) and int(theirs[group][c].sum())
+                }
+        return out
 
     def _concept_tests(self, image: torch.Tensor, accepted: torch.Tensor) -> list[ConceptDrift]:
         """Concept mix of the accepted rows against the accepted reference support."""

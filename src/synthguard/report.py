@@ -128,6 +128,8 @@ class GuardReport(BaseModel):
         reference: what the batch was compared with (encoder digest, pairs, support).
         concepts: per concept-bank group, the batch's concept mix against the reference's
             (:class:`~synthguard.ConceptDrift`), when the guard has concept banks.
+        concepts_by_class: per group and class name, the attribute mix *within* the class
+            (conditional drift; informational, not in the Holm family), when labels exist.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -148,6 +150,7 @@ class GuardReport(BaseModel):
     rows_tested: int
     reference: dict[str, Any]
     concepts: dict[str, ConceptDrift] = {}
+    concepts_by_class: dict[str, dict[str, ConceptDrift]] = {}
 
     @property
     def failed_tests(self) -> list[MetricResult]:
