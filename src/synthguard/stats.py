@@ -413,6 +413,19 @@ class EmbeddingStats:
 
     # -- distributed support: every sum field is float64 and flattens into one vector ------
 
+    def all_reduce(self, group: Any = None) -> EmbeddingStats:
+        """Merge every rank's statistics in place (torch.distributed); returns ``self``.
+
+        One ``all_reduce`` of all sum fields flattened into one float64 vector, plus one
+        ``all_gather`` of the bottom-k samples: afterwards every rank holds exactly what one
+        process would have computed on the concatenated data (the same sample, the same sums
+        up to float64 rounding of their order). Every rank must call it, with statistics of the
+        same configuration. gloo for CPU, NCCL for CUDA.
+        """
+        from synthguard._distributed import all_reduce_stats
+
+        return all_reduce_stats(self, group)
+
     def _sum_fields(self) -> dict[str, torch.Tensor]:
         """The float64 sum fields, in a fixed order (live tensors, for an all-reduce)."""
         return {name: self._state[name] for name in self._sum_shapes()}
