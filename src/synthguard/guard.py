@@ -8,28 +8,19 @@ from typing import Any
 
 import torch
 
-from synthguard._calibration import (
-    BATCH_TESTS,
-    RESAMPLED_TESTS,
-    batch_values,
-    bound_at,
-    duplicate_rate,
-    empirical_p,
-    flag_rate_test,
-    holm,
-)
 from synthguard._errors import EncoderError, InvalidInputError, SynthGuardError
 from synthguard._reasons import ReasonCode
-from synthguard._sample_checks import SampleOutcome, check_samples
+from synthguard._sample_checks import check_samples
+from synthguard._shards import LocalShard, shard_for, summarise
 from synthguard._validation import check_label_range, describe, unit_rows_or_nan
-from synthguard.concepts import ConceptBank, ConceptDrift, concept_drift
+from synthguard._verdict import make_report
+from synthguard.concepts import ConceptBank
 from synthguard.data import PairBatch
 from synthguard.encoders import Encoder, embed_pairs, load_encoder
-from synthguard.functional import label_drift
 from synthguard.policy import GuardConfig
 from synthguard.reference import Reference
 from synthguard.relabel import Recaptioner, Relabel
-from synthguard.report import GuardReport, MetricResult, count_reasons
+from synthguard.report import GuardReport, count_reasons
 
 __all__ = ["Guard"]
 
@@ -120,12 +111,25 @@ class Guard:
 
     # -- entry points ----------------------------------------------------------------------
 
-    def check(self, batch: PairBatch) -> GuardReport:
+    def check(
+        self, batch: PairBatch, *, sync: bool | None = None, group: Any = None
+    ) -> GuardReport:
         """Embed ``batch`` and decide per sample and for the batch.
 
         Samples that cannot be embedded are rejected with their reason; the rest of the batch
         is still checked. Raises only for invalid arguments or when the encoder fails for the
         whole batch (:class:`~synthguard.EncoderError`): nothing is accepted then.
+
+        Args:
+            batch: the pairs to check.
+            sync: treat the batches of all ranks of ``group`` as one batch (torch.distributed):
+                per-sample decisions stay local, the batch tests see every rank's rows and
+                every rank gets the same batch verdict. Every rank must call ``check``
+                together. ``None`` (default) syncs when a process group of more than one rank
+                is initialised; ``False`` checks this rank's batch alone. Samples whose id an
+                earlier rank holds (``DistributedSampler`` padding) are counted once, so ids
+                must identify samples across ranks (use dataset indices).
+            group: the process group (default: the world).
         """
         if not isinstance(batch, PairBatch):
             raise InvalidInputError(f"batch must be a PairBatch; got {describe(batch)}")
@@ -135,6 +139,7 @@ class Guard:
                 "and records no spec), or use check_embeddings()"
             )
         self._check_labels(batch.labels)
+        shard = shard_for(sync, group)
         try:
             emb = embed_pairs(self._encoder, batch)
         except SynthGuardError:
@@ -150,16 +155,24 @@ class Guard:
         caption_relabels = self._recaption(batch, image, text, emb.errors)
         return self._decide(
             image, text, batch.labels, batch.ids, dict(emb.errors), dict(emb.error_details),
-            caption_relabels, emb.truncated,
+            caption_relabels, emb.truncated, shard,
         )  # fmt: skip
 
     def check_embeddings(
-        self, image_embeddings: Any, text_embeddings: Any, *, labels: Any = None, ids: Any = None
+        self,
+        image_embeddings: Any,
+        text_embeddings: Any,
+        *,
+        labels: Any = None,
+        ids: Any = None,
+        sync: bool | None = None,
+        group: Any = None,
     ) -> GuardReport:
         """Decide on pairs embedded elsewhere (by the reference's encoder).
 
         A NaN, infinite or zero row is that sample's reject (``encoding_failed``), not an
-        error; shapes, labels and ids are validated.
+        error; shapes, labels and ids are validated. ``sync`` and ``group`` are as in
+        :meth:`check`.
         """
         dim = self.reference.stats.dim
         image = unit_rows_or_nan("image_embeddings", image_embeddings, dim)
@@ -175,7 +188,8 @@ class Guard:
             for i in torch.nonzero(torch.isnan(x).any(dim=1)).flatten().tolist():
                 errors.setdefault(i, ReasonCode.ENCODING_FAILED)
                 details.setdefault(i, f"the {name} embedding is NaN, infinite or zero")
-        return self._decide(image, text, meta.labels, meta.ids, errors, details, {})
+        shard = shard_for(sync, group)
+        return self._decide(image, text, meta.labels, meta.ids, errors, details, {}, None, shard)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -224,6 +238,7 @@ class Guard:
         details: dict[int, str],
         caption_relabels: dict[int, Relabel],
         truncated: torch.Tensor | None = None,
+        shard: LocalShard | None = None,
     ) -> GuardReport:
         cfg, ref = self.config, self.reference
         outcome = check_samples(
@@ -231,227 +246,47 @@ class Guard:
             error_details=details, checks=self.checks, alpha=cfg.alpha,
             label_policy=cfg.label_policy, caption_relabels=caption_relabels, truncated=truncated,
         )  # fmt: skip
-        n = image.shape[0]
-        valid = torch.tensor([i for i in range(n) if i not in errors], dtype=torch.int64)
-        reasons: list[str] = []
-        metrics: dict[str, MetricResult] = {}
-        concepts: list[ConceptDrift] = []
-        risk: float | None = None
-        rows = 0
-        if valid.numel() == 0:
-            counts = ", ".join(
-                f"{k}={v}" for k, v in count_reasons(tuple(outcome.decisions)).items()
-            )
-            reasons.append(f"no sample could be embedded ({counts}); nothing was checked")
-            risk = 1.0
-        elif not cfg.batch_tests:
-            reasons.append("batch tests off (GuardConfig.batch_tests is empty)")
-        else:
-            metrics, risk, rows, notes, concepts = self._batch_tests(image, text, valid, outcome)
-            reasons.extend(notes)
-            reasons.extend(f"failed {m.describe()}" for m in metrics.values() if m.passed is False)
-        if valid.numel():
-            metrics.update(self._informational(labels, valid))
-        n_accepted = sum(d.accepted for d in outcome.decisions)
-        tests_failed = any(m.passed is False for m in metrics.values())
-        if n_accepted == 0 and valid.numel():
-            reasons.append(f"no sample passed the per-sample checks ({n} rejected)")
-        return GuardReport(
-            accepted=n_accepted > 0 and not tests_failed,
-            reasons=tuple(reasons),
-            risk_score=risk,
-            samples=tuple(outcome.decisions),
-            metrics=metrics,
-            n_samples=n,
-            n_accepted=n_accepted,
-            n_relabeled=outcome.n_relabeled,
-            n_truncated=sum(d.truncated for d in outcome.decisions),
-            rejects_by_reason=count_reasons(tuple(outcome.decisions)),
-            concepts={d.group: d for d in concepts},
-            concepts_by_class=self._conditional_concepts(image, outcome) if concepts else {},
-            alpha=cfg.alpha,
-            alpha_batch=cfg.alpha_batch,
-            seed=cfg.seed,
-            rows_tested=rows,
-            reference={
-                "encoder_digest": None if ref.fingerprint is None else ref.fingerprint.digest,
-                "pairs": ref.stats.n_pairs,
-                "support": ref.n_support,
-            },
-        )
-
-    def _batch_tests(
-        self, image: torch.Tensor, text: torch.Tensor, valid: torch.Tensor, outcome: SampleOutcome
-    ) -> tuple[dict[str, MetricResult], float | None, int, list[str], list[ConceptDrift]]:
-        """Run the configured batch tests that have enough rows; Holm over those that ran."""
-        cfg, ref = self.config, self.reference
-        accepted = valid[[outcome.decisions[i].accepted for i in valid.tolist()]]
-        pool = ref.accepted_support(cfg.alpha, self.checks, self.rejecting).numel()
-        rows = _cap(accepted.numel(), cfg.max_batch_rows, pool // 2)
-        dup_rows = _cap(valid.numel(), cfg.max_batch_rows, ref.n_support // 2)
-        n = len(outcome.decisions)
-        values: dict[str, float] = {}
-        nulls: dict[str, torch.Tensor] = {}
-        notes: list[str] = []
-        wanted = set(cfg.batch_tests)
-        distribution = rows >= cfg.min_batch_size
-        if not distribution:
-            notes.append(
-                f"distribution tests skipped: {rows} accepted rows < min_batch_size "
-                f"{cfg.min_batch_size} (or half the reference support)"
-            )
-        if dup_rows >= cfg.min_batch_size:
-            gen = torch.Generator().manual_seed(cfg.seed)  # seeded subsamples above the caps
-            dup_pick = valid[torch.randperm(valid.numel(), generator=gen)[:dup_rows]].sort()[0]
-            context = ref.batch_context(cfg.alpha, self.checks, self.rejecting)
-            if distribution:
-                picked = accepted[torch.randperm(accepted.numel(), generator=gen)[:rows]].sort()[0]
-                values = batch_values(context, image[picked], text[picked])
-            values["duplicate_rate"] = duplicate_rate(image[dup_pick], context.duplicate_cosine)
-            null = ref.batch_null(
-                rows if distribution else 0, duplicate_size=dup_rows, alpha=cfg.alpha,
-                resamples=cfg.n_resamples, seed=cfg.seed, checks=self.checks,
-                rejecting=self.rejecting,
-            )  # fmt: skip
-            nulls = {name: null[:, j] for j, name in enumerate(RESAMPLED_TESTS)}
-        values["flag_rate"] = float(outcome.flagged.double().mean())
-        ran = [name for name in BATCH_TESTS if name in wanted and name in values]
-        if "flag_rate" in ran and n < cfg.min_batch_size:
-            ran.remove("flag_rate")
-        flag_p, _, flag_median = self._flag_rate(outcome, cfg.alpha_batch)
-        p = [
-            empirical_p(nulls[name], values[name], BATCH_TESTS[name])
-            if name != "flag_rate"
-            else flag_p
-            for name in ran
-        ]
-        concepts = self._concept_tests(image, accepted) if distribution else []
-        p += [drift.p_value for drift in concepts]
-        levels, adjusted, rejected = holm(p, cfg.alpha_batch) if p else ([], [], [])
-        metrics: dict[str, MetricResult] = {}
-        for j, drift in enumerate(concepts, start=len(ran)):
-            tails = f"; tail loss: {', '.join(drift.tail_loss)}" if drift.tail_loss else ""
-            metrics[f"concept:{drift.group}"] = MetricResult(
-                name=f"concept:{drift.group}", value=drift.js_divergence, direction="high",
-                p_value=p[j], adjusted_p_value=adjusted[j], level=levels[j],
-                passed=not rejected[j],
-                note=f"Jensen–Shannon (bits) of the concept mix; max-z permutation test; "
-                f"largest mover {drift.largest_mover} ({drift.largest_change:+.1%}){tails}",
-            )  # fmt: skip
-
-        for name in BATCH_TESTS:
-            if name not in values:
-                continue
-            if name not in ran:
-                is_flag = name == "flag_rate"
-                metrics[name] = MetricResult(
-                    name=name, value=values[name], direction=BATCH_TESTS[name],
-                    null_median=flag_median if is_flag else _median(nulls.get(name)),
-                    p_value=flag_p if is_flag else None,
-                    note="informational: not in GuardConfig.batch_tests",
-                )  # fmt: skip
-                continue
-            j = ran.index(name)
-            direction = BATCH_TESTS[name]
-            bound: float | None
-            if name == "flag_rate":
-                _, bound, median = self._flag_rate(outcome, levels[j])
-            else:
-                bound = bound_at(nulls[name], levels[j], direction)
-                median = float(nulls[name].median())
-            metrics[name] = MetricResult(
-                name=name, value=values[name], direction=direction, bound=bound,
-                null_median=median, p_value=p[j], adjusted_p_value=adjusted[j],
-                level=levels[j], passed=not rejected[j],
-            )  # fmt: skip
-        if not p:
-            return metrics, None, 0, [*notes, "batch tests skipped: batch too small"], concepts
-        return metrics, 1.0 - min(adjusted), rows if distribution else 0, notes, concepts
-
-    def _conditional_concepts(
-        self, image: torch.Tensor, outcome: SampleOutcome
-    ) -> dict[str, dict[str, ConceptDrift]]:
-        """Per group and class: the attribute mix *within* the class, batch vs reference.
-
-        Informational (not in the Holm family): classes x groups tests would dilute it. Uses
-        the labels the accepted samples carry on (relabels applied).
-        """
-        cfg, ref = self.config, self.reference
+        decisions = tuple(outcome.decisions)
+        valid = torch.ones(image.shape[0], dtype=torch.bool)
+        valid[list(errors)] = False
         names = ref.label_names
-        rows = [d.index for d in outcome.decisions if d.accepted and d.new_label is not None]
-        if names is None or not rows or not bool((ref.support_labels >= 0).all()):
-            return {}
-        pool = ref.accepted_support(cfg.alpha, self.checks, self.rejecting)
-        labels = [outcome.decisions[i].new_label for i in rows]
-        out: dict[str, dict[str, ConceptDrift]] = {}
-        for bank in self.concept_banks:
-            ours = bank.counts(image[rows], labels, len(names))
-            theirs = bank.counts(ref.support_image[pool], ref.support_labels[pool], len(names))
-            for group, table in ours.items():
-                out[group] = {
-                    names[c]: concept_drift(
-                        table[c],
-                        theirs[group][c],
-                        bank.concepts(group),
-                        group=group,
-                        resamples=199,
-                        seed=cfg.seed,
-                    )
-                    for c in range(len(names))
-                    if int(table[c].sum()) and int(theirs[group][c].sum())
-                }
-        return out
+        summary = summarise(
+            shard or LocalShard(), image=image, text=text, ids=[d.id for d in decisions],
+            valid=valid, accepted=torch.tensor([d.accepted for d in decisions]),
+            flagged=outcome.flagged, labels=labels, carried=[d.new_label for d in decisions],
+            rows_for=self.rows_for, duplicate_rows_for=self.duplicate_rows_for,
+            min_rows=cfg.min_batch_size, seed=cfg.seed,
+            num_labels=None if names is None else len(names),
+            concept_counter=self.count_concepts,
+        )  # fmt: skip
+        return make_report(
+            self, summary, samples=decisions, n_relabeled=outcome.n_relabeled,
+            rejects_by_reason=count_reasons(decisions),
+            n_truncated=sum(d.truncated for d in decisions),
+        )  # fmt: skip
 
-    def _concept_tests(self, image: torch.Tensor, accepted: torch.Tensor) -> list[ConceptDrift]:
-        """Concept mix of the accepted rows against the accepted reference support."""
+    def rows_for(self, accepted: int) -> int:
+        """Rows the distribution tests use for ``accepted`` accepted samples (0: too few)."""
         cfg, ref = self.config, self.reference
-        pool = ref.accepted_support(cfg.alpha, self.checks, self.rejecting)
-        out = []
+        pool = ref.accepted_support(cfg.alpha, self.checks, self.rejecting).numel()
+        return _cap(accepted, cfg.max_batch_rows, pool // 2)
+
+    def duplicate_rows_for(self, valid: int) -> int:
+        """Rows the duplicate-rate test uses for ``valid`` embeddable samples (0: too few)."""
+        return _cap(valid, self.config.max_batch_rows, self.reference.n_support // 2)
+
+    def count_concepts(
+        self, image: torch.Tensor, labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Concept counts of unit image rows per bank group (per class with ``labels``)."""
+        names = self.reference.label_names
+        out: dict[str, torch.Tensor] = {}
         for bank in self.concept_banks:
-            batch_counts = bank.counts(image[accepted])
-            ref_counts = bank.counts(ref.support_image[pool])
-            for group, counts in batch_counts.items():
-                out.append(
-                    concept_drift(
-                        counts,
-                        ref_counts[group],
-                        bank.concepts(group),
-                        group=group,
-                        resamples=cfg.n_resamples,
-                        seed=cfg.seed,
-                    )
-                )
+            if labels is None:
+                out.update(bank.counts(image))
+            elif names is not None:
+                out.update(bank.counts(image, labels, len(names)))
         return out
-
-    def _flag_rate(self, outcome: SampleOutcome, level: float) -> tuple[float, float, float]:
-        ref, cfg = self.reference, self.config
-        support_flagged = (
-            ref.n_support - ref.accepted_support(cfg.alpha, self.checks, self.rejecting).numel()
-        )
-        flagged = int(outcome.flagged.sum())
-        return flag_rate_test(
-            flagged, len(outcome.decisions), support_flagged, ref.n_support, level
-        )
-
-    def _informational(
-        self, labels: list[int] | None, valid: torch.Tensor
-    ) -> dict[str, MetricResult]:
-        ref = self.reference
-        if labels is None or ref.label_names is None or ref.stats.num_labels is None:
-            return {}
-        counts = torch.bincount(
-            torch.tensor(labels)[valid], minlength=len(ref.label_names)
-        ).double()
-        drift = label_drift(counts, ref.stats.label_counts)
-        return {
-            "label_drift": MetricResult(
-                name="label_drift",
-                value=drift.js_divergence,
-                p_value=drift.p_value,
-                note="Jensen–Shannon divergence (bits) of the class mix; χ² p-value; "
-                "informational (a class mix may be chosen on purpose)",
-            )
-        }
 
     def __repr__(self) -> str:
         return f"Guard({self.reference!r}, alpha={self.config.alpha}, checks={self.checks})"
@@ -467,7 +302,3 @@ def _cap(n: int, *limits: int) -> int:
     """The largest grid size not above ``n`` or any limit (0 when below the grid)."""
     top = min(n, *limits)
     return max((g for g in _GRID if g <= top), default=0)
-
-
-def _median(values: torch.Tensor | None) -> float | None:
-    return None if values is None else float(values.median())

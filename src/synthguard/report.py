@@ -130,6 +130,11 @@ class GuardReport(BaseModel):
             (:class:`~synthguard.ConceptDrift`), when the guard has concept banks.
         concepts_by_class: per group and class name, the attribute mix *within* the class
             (conditional drift; informational, not in the Holm family), when labels exist.
+        world_size: ranks whose batches were checked as one (``Guard.check(sync=True)``).
+        n_samples_all_ranks / n_accepted_all_ranks: the batch's counts over every rank (each
+            sample once); equal to ``n_samples`` / ``n_accepted`` on one process.
+        n_repeats: rows not counted in the batch tests because an earlier rank holds the same
+            id (``DistributedSampler`` pads the last step with repeats).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -151,6 +156,10 @@ class GuardReport(BaseModel):
     reference: dict[str, Any]
     concepts: dict[str, ConceptDrift] = {}
     concepts_by_class: dict[str, dict[str, ConceptDrift]] = {}
+    world_size: int = 1
+    n_samples_all_ranks: int | None = None
+    n_accepted_all_ranks: int | None = None
+    n_repeats: int = 0
 
     @property
     def failed_tests(self) -> list[MetricResult]:

@@ -1,0 +1,279 @@
+"""What the batch tests see of a batch that may be split across torch.distributed ranks.
+
+Per-sample decisions are local to each rank; the batch verdict must not be. The guard reduces
+a batch to a :class:`BatchSummary` (counts, the capped row subsamples the distribution and
+duplicate tests run on, and concept/label count tables) through a *shard*: :class:`LocalShard`
+for one process, :class:`DistributedShard` across ranks. Both run the same code on the same
+global quantities, so a sharded check equals a single-process check of the rank-ordered
+concatenation: the same rows, in the same order, picked by the same seeded permutation.
+
+A distributed summary costs four collectives per check, whatever the batch size:
+
+1. ``all_gather`` of the per-rank row counts;
+2. ``all_gather`` of 8 int64 of metadata per row (id hash, flags, labels, a 4-number content
+   signature): ``64·N`` bytes for ``N`` rows on all ranks;
+3. ``all_reduce`` of the picked rows, each rank filling the rows it owns (exact: the others
+   add zeros): at most ``(2·max_batch_rows_accepted + max_batch_rows_dup) · d`` float64;
+4. ``all_reduce`` of the concept count tables (only with concept banks).
+
+Rows with an id already seen on an earlier rank (``DistributedSampler`` pads the last step with
+repeats) are counted once. Two ranks holding different content under one id is an error (the
+default ids ``0..n-1`` repeat on every rank; pass dataset indices as ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthguard._errors import InvalidInputError
+from synthguard.functional._hashing import hash_ids
+
+__all__ = ["BatchSummary", "DistributedShard", "LocalShard", "summarise"]
+
+_VALID, _ACCEPTED, _FLAGGED = 1, 2, 4
+_SIGNATURE = 4  # random projections of (image, text) that tell two contents apart
+_META = 4 + _SIGNATURE  # id hash, flags, label, carried label, signature bits
+#: Two rows with one id are the same sample when their signatures agree this well (unit rows:
+#: it allows the last-bit noise of a GPU encoder run in different batch compositions).
+_SAME_CONTENT = 1e-2
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """A batch as the batch tests see it (all ranks together)."""
+
+    n: int  # samples counted (padding repeats across ranks excluded)
+    n_valid: int
+    n_accepted: int
+    n_flagged: int
+    image: torch.Tensor  # [rows, d] accepted rows the distribution tests use (0 rows: skipped)
+    text: torch.Tensor
+    duplicate_image: torch.Tensor  # [dup_rows, d] embeddable rows (0 rows: skipped)
+    label_counts: torch.Tensor | None  # [classes] float64 over embeddable rows
+    concept_counts: dict[str, torch.Tensor] = field(default_factory=dict)  # accepted rows
+    concept_by_class: dict[str, torch.Tensor] = field(default_factory=dict)  # carried labels
+    world_size: int = 1
+    n_repeats: int = 0  # rows not counted: their id appeared on an earlier rank
+
+
+class LocalShard:
+    """The whole batch is in this process."""
+
+    world_size = 1
+
+    def gather(self, meta: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Every rank's ``[n_r, c]`` int64 metadata, rank-ordered, and this rank's offset."""
+        return meta, 0
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks."""
+        return values
+
+
+class DistributedShard(LocalShard):
+    """The batch is split across the ranks of a torch.distributed process group."""
+
+    def __init__(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        self.group = group
+        self.world_size = dist.get_world_size(group)
+        self.device = torch.device("cpu")
+        if dist.get_backend(group) == "nccl":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+
+    def gather(self, meta: torch.Tensor) -> tuple[torch.Tensor, int]:
+        import torch.distributed as dist
+
+        size = torch.tensor([meta.shape[0]], dtype=torch.int64, device=self.device)
+        sizes = [torch.empty_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size, group=self.group)
+        counts = [int(s) for s in sizes]
+        padded = torch.zeros(max(counts), meta.shape[1], dtype=torch.int64, device=self.device)
+        padded[: meta.shape[0]] = meta
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded, group=self.group)
+        rank = dist.get_rank(self.group)
+        return torch.cat([p[:c].cpu() for p, c in zip(parts, counts, strict=True)]), sum(
+            counts[:rank]
+        )
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if values.numel() == 0:
+            return values
+        out = values.to(self.device).clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return out.cpu()
+
+
+def shard_for(sync: bool | None, group: Any = None) -> LocalShard:
+    """The shard a check runs on: distributed when ``sync`` (or, with ``None``, when a process
+    group of more than one rank is initialised)."""
+    import torch.distributed as dist
+
+    ready = dist.is_available() and dist.is_initialized()
+    if sync is None:
+        sync = ready and dist.get_world_size(group) > 1
+    if not sync:
+        return LocalShard()
+    if not ready:
+        raise InvalidInputError(
+            "sync=True needs an initialised torch.distributed process group "
+            "(torch.distributed.init_process_group); none is"
+        )
+    return DistributedShard(group)
+
+
+def summarise(
+    shard: LocalShard,
+    *,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    ids: Sequence[int | str],
+    valid: torch.Tensor,
+    accepted: torch.Tensor,
+    flagged: torch.Tensor,
+    labels: Sequence[int] | None,
+    carried: Sequence[int | None],
+    rows_for: Callable[[int], int],
+    duplicate_rows_for: Callable[[int], int],
+    min_rows: int,
+    seed: int,
+    num_labels: int | None,
+    concept_counter: Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]],
+) -> BatchSummary:
+    """Reduce this rank's rows (all ranks call it together) to the batch's :class:`BatchSummary`.
+
+    Args:
+        image, text: ``[n, d]`` unit rows (NaN where not embeddable).
+        ids: the samples' report ids (unique across ranks, except padding repeats).
+        valid, accepted, flagged: ``[n]`` bool per sample.
+        labels: given labels (``None`` without); ``carried``: the label each sample carries
+            on after relabeling (``None`` entries without labels).
+        rows_for / duplicate_rows_for: the row count the distribution / duplicate tests use
+            for a number of accepted / embeddable rows (0 or below ``min_rows``: skipped).
+        seed: seeds the subsample above the caps.
+        num_labels: classes, for the label counts.
+        concept_counter: ``(image rows, labels or None) -> {table: counts}``.
+    """
+    n = image.shape[0]
+    meta = torch.zeros(n, _META, dtype=torch.int64)
+    meta[:, 0] = torch.from_numpy(hash_ids(list(ids), n, 0).view(np.int64))
+    meta[:, 1] = valid.long() * _VALID + accepted.long() * _ACCEPTED + flagged.long() * _FLAGGED
+    meta[:, 2] = torch.tensor(list(labels) if labels is not None else [-1] * n)
+    meta[:, 3] = torch.tensor([-1 if c is None else c for c in carried], dtype=torch.int64)
+    meta[:, 4:] = _signature(image, text).view(torch.int64)
+    everyone, offset = shard.gather(meta)
+    counted = _first_occurrences(everyone)
+    flags = everyone[:, 1]
+    is_valid = counted & (flags & _VALID).bool()
+    is_accepted = counted & (flags & _ACCEPTED).bool()
+    valid_idx = torch.nonzero(is_valid).flatten()
+    accepted_idx = torch.nonzero(is_accepted).flatten()
+
+    rows = rows_for(accepted_idx.numel())
+    dup_rows = duplicate_rows_for(valid_idx.numel())
+    picked = dup_pick = torch.zeros(0, dtype=torch.int64)
+    if dup_rows >= min_rows:  # the same draws, in the same order, as one process would make
+        gen = torch.Generator().manual_seed(seed)
+        dup_pick = valid_idx[torch.randperm(valid_idx.numel(), generator=gen)[:dup_rows]]
+        dup_pick = dup_pick.sort()[0]
+        if rows >= min_rows:
+            picked = accepted_idx[torch.randperm(accepted_idx.numel(), generator=gen)[:rows]]
+            picked = picked.sort()[0]
+    fetched = _fetch(shard, torch.cat([image, text], dim=1), torch.cat([picked, dup_pick]), offset)
+    d = image.shape[1]
+
+    label_counts = None
+    if labels is not None and num_labels is not None:
+        label_counts = torch.bincount(everyone[is_valid, 2], minlength=num_labels).double()
+    mine = slice(offset, offset + n)
+    local_accepted = torch.nonzero(is_accepted[mine]).flatten()
+    local_carried = everyone[mine, 3][local_accepted]
+    with_label = local_accepted[local_carried >= 0]
+    tables = concept_counter(image[local_accepted], None)
+    if num_labels is not None and bool((everyone[is_accepted, 3] >= 0).any()):
+        by_class = concept_counter(image[with_label], everyone[mine, 3][with_label])
+        tables.update({f"{name}/by_class": t for name, t in by_class.items()})
+    tables = _sum_tables(shard, tables)
+    return BatchSummary(
+        n=int(counted.sum()),
+        n_valid=valid_idx.numel(),
+        n_accepted=accepted_idx.numel(),
+        n_flagged=int((counted & (flags & _FLAGGED).bool()).sum()),
+        image=fetched[: picked.numel(), :d],
+        text=fetched[: picked.numel(), d:],
+        duplicate_image=fetched[picked.numel() :, :d],
+        label_counts=label_counts,
+        concept_counts={k: v for k, v in tables.items() if not k.endswith("/by_class")},
+        concept_by_class={
+            k.removesuffix("/by_class"): v for k, v in tables.items() if k.endswith("/by_class")
+        },
+        world_size=shard.world_size,
+        n_repeats=int((~counted).sum()),
+    )
+
+
+def _signature(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``[n, 4]`` float64 projections of each pair on fixed random unit directions."""
+    gen = torch.Generator().manual_seed(0x5EED)
+    directions = torch.randn(2 * image.shape[1], _SIGNATURE, generator=gen, dtype=torch.float64)
+    directions /= directions.norm(dim=0)
+    pairs = torch.cat([image, text], dim=1).double()
+    return (pairs @ directions).contiguous()
+
+
+def _first_occurrences(meta: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: rows whose id no earlier row has; raises for one id with two contents."""
+    keys = meta[:, 0].tolist()
+    first: dict[int, int] = {}
+    counted = torch.ones(len(keys), dtype=torch.bool)
+    signatures = meta[:, 4:].contiguous().view(torch.float64)
+    for row, key in enumerate(keys):
+        if key not in first:
+            first[key] = row
+            continue
+        counted[row] = False
+        a, b = signatures[first[key]], signatures[row]
+        both = bool(torch.isfinite(a).all() and torch.isfinite(b).all())
+        if both and float((a - b).abs().max()) > _SAME_CONTENT:
+            raise InvalidInputError(
+                f"ids must identify samples across ranks: rows {first[key]} and {row} of the "
+                "rank-ordered batch share an id but differ in content (the default ids 0..n-1 "
+                "repeat on every rank: pass the dataset indices as PairBatch ids)"
+            )
+    return counted
+
+
+def _fetch(
+    shard: LocalShard, local: torch.Tensor, indices: torch.Tensor, offset: int
+) -> torch.Tensor:
+    """Rows ``indices`` (global) of the rank-ordered batch, on every rank."""
+    n = local.shape[0]
+    mine = (indices >= offset) & (indices < offset + n)
+    if shard.world_size == 1:
+        return local[indices - offset]
+    out = torch.zeros(indices.numel(), local.shape[1], dtype=torch.float64)
+    out[mine] = local[indices[mine] - offset].double()
+    return shard.sum(out)
+
+
+def _sum_tables(shard: LocalShard, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum count tables over ranks in one collective (every rank has the same table names)."""
+    if shard.world_size == 1 or not tables:
+        return tables
+    names = sorted(tables)
+    flat = shard.sum(torch.cat([tables[k].reshape(-1).to(torch.int64) for k in names]))
+    out, start = {}, 0
+    for name in names:
+        size = tables[name].numel()
+        out[name] = flat[start : start + size].reshape(tables[name].shape)
+        start += size
+    return out

@@ -1,0 +1,129 @@
+"""Guard.check(sync=True) across gloo processes equals one process on the concatenated batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch.multiprocessing as mp
+from torch.utils.data import DistributedSampler
+
+import synthguard as sg
+from _digits import TEMPLATE, digits_reference
+from synthguard.datasets import DIGITS_CONCEPT_BANK, load_digits
+
+CONFIG = sg.GuardConfig(n_resamples=999, max_batch_rows=64)
+#: Report fields that describe the whole batch: equal on every rank and to one process.
+BATCH_FIELDS = (
+    "accepted", "reasons", "risk_score", "metrics", "rows_tested", "concepts",
+    "concepts_by_class", "n_samples_all_ranks", "n_accepted_all_ranks",
+)  # fmt: skip
+
+
+def _batch(indices: list[int], default_ids: bool = False) -> sg.PairBatch:
+    """Held-out digits 270.. (the reference has 0..269); every 7th caption belongs to another
+    sample and every 5th label is wrong, so there are rejects and relabels to count."""
+    digits = load_digits("test")
+    pool = list(range(270, 540))
+    images = [digits.images[pool[i]] for i in indices]
+    captions = [digits.captions[pool[(i + 3) % 270 if i % 7 == 0 else i]] for i in indices]
+    labels = [(digits.labels[pool[i]] + (i % 5 == 0)) % 10 for i in indices]
+    return sg.PairBatch(images, captions, labels=labels, ids=None if default_ids else indices)
+
+
+def _shards(n: int, world: int, kind: str) -> list[list[int]]:
+    if kind == "sampler":  # DistributedSampler pads the last ranks with repeats of the first
+        return [
+            list(DistributedSampler(range(n), num_replicas=world, rank=r, shuffle=False))
+            for r in range(world)
+        ]
+    bounds = [0, *(round(n * f) for f in (0.55, 0.75)[: world - 1]), n]  # uneven
+    return [list(range(bounds[r], bounds[r + 1])) for r in range(world)]
+
+
+def _worker(rank: int, world: int, folder: str, kind: str, n: int, default_ids: bool) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+    )
+    ref = sg.Reference.load(f"{folder}/reference.safetensors")
+    guard = sg.Guard(ref, CONFIG)
+    batch = _batch(_shards(n, world, kind)[rank], default_ids)
+    try:
+        report: Any = guard.check(batch).to_dict()  # sync by default in a process group
+        local = guard.check(batch, sync=False).to_dict()
+    except sg.InvalidInputError as exc:
+        report, local = {"error": str(exc)}, None
+    Path(f"{folder}/rank{rank}.json").write_text(json.dumps([report, local]))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def reference_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    digits = load_digits("test")
+    ref = digits_reference(digits, "bundled:digits")  # a spec: workers reload the encoder
+    assert ref.encoder is not None
+    ref.add_concept_bank(sg.ConceptBank(DIGITS_CONCEPT_BANK, ref.encoder, templates=TEMPLATE))
+    folder = tmp_path_factory.mktemp("reference")
+    # One single-process check per batch size the tests use caches the nulls in the file.
+    guard = sg.Guard(ref, CONFIG)
+    for n in (260, 61):
+        guard.check(_batch(list(range(n))))
+    return ref.save(folder / "reference.safetensors")
+
+
+def _spawn(tmp_path: Path, reference: Path, world: int, kind: str, n: int,
+           default_ids: bool = False) -> list[list[Any]]:  # fmt: skip
+    (tmp_path / "reference.safetensors").write_bytes(reference.read_bytes())
+    mp.spawn(_worker, args=(world, str(tmp_path), kind, n, default_ids), nprocs=world, join=True)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("world", "kind", "n"),
+    [(3, "uneven", 260), (2, "sampler", 61), (3, "sampler", 61)],
+    ids=["3 ranks uneven", "2 ranks padded", "3 ranks padded"],
+)
+def test_sharded_check_equals_one_process(
+    world: int, kind: str, n: int, reference_file: Path, tmp_path: Path
+) -> None:
+    reports = _spawn(tmp_path, reference_file, world, kind, n)
+    shards = _shards(n, world, kind)
+    order = [i for shard in shards for i in shard]
+    unique = list(dict.fromkeys(order))  # the rank-ordered concatenation, each sample once
+    guard = sg.Guard(sg.Reference.load(reference_file), CONFIG)
+    whole = guard.check(_batch(unique)).to_dict()
+    assert whole["metrics"] and whole["concepts"]  # the batch tests ran, concept mix included
+    assert whole["n_samples"] == n
+    repeats = len(order) - n
+    assert (kind == "sampler") == (repeats > 0)
+    for rank, (report, local) in enumerate(reports):
+        for name in BATCH_FIELDS:
+            assert report[name] == whole[name], (rank, name)
+        assert report["world_size"] == world and report["n_repeats"] == repeats
+        # Per-sample decisions stay local: exactly those of this rank's shard checked alone.
+        assert report["samples"] == local["samples"]
+        assert report["n_samples"] == len(shards[rank])
+    assert sum(r["n_accepted"] for r, _ in reports) >= whole["n_accepted"]
+
+
+@pytest.mark.slow
+def test_default_ids_repeated_across_ranks_are_refused_on_every_rank(
+    reference_file: Path, tmp_path: Path
+) -> None:
+    reports = _spawn(tmp_path, reference_file, 2, "uneven", 260, default_ids=True)
+    for report, _ in reports:
+        assert "share an id but differ in content" in report["error"]
+        assert "pass the dataset indices" in report["error"]
+
+
+def test_sync_without_a_process_group_is_a_clear_error(reference_file: Path) -> None:
+    guard = sg.Guard(sg.Reference.load(reference_file), CONFIG)
+    with pytest.raises(sg.InvalidInputError, match="sync=True needs an initialised"):
+        guard.check(_batch(list(range(20))), sync=True)
+    # Without a process group the default checks the batch alone.
+    assert guard.check(_batch(list(range(20)))).world_size == 1
