@@ -18,7 +18,7 @@ from synthguard._errors import InvalidInputError
 if TYPE_CHECKING:
     from synthguard.stats import EmbeddingStats
 
-__all__ = ["all_reduce_stats"]
+__all__ = ["all_reduce_stats", "merge_packed", "pack_samples", "unpack_samples"]
 
 _MODALITIES = ("image", "text")
 _SUFFIXES = ("", "_keys", "_tiebreak", "_labels")
@@ -40,14 +40,14 @@ def all_reduce_stats(stats: EmbeddingStats, group: Any = None) -> EmbeddingStats
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     stats._load_flat_sums(flat.cpu())
     if stats.sample_size:
-        packed = _pack(stats).to(device)
+        packed = pack_samples(stats).to(device)
         gathered = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, packed, group=group)
-        _unpack_into(stats, [g.cpu() for g in gathered])
+        unpack_samples(stats, [g.cpu() for g in gathered])
     return stats
 
 
-def _pack(stats: EmbeddingStats) -> torch.Tensor:
+def pack_samples(stats: EmbeddingStats) -> torch.Tensor:
     """``[2, sample_size, dim + 4]`` int64: both modalities' samples, padded, with a flag."""
     k, d = stats.sample_size, stats.dim
     out = torch.zeros(2, k, d + 4, dtype=torch.int64)
@@ -60,7 +60,8 @@ def _pack(stats: EmbeddingStats) -> torch.Tensor:
     return out
 
 
-def _unpack_into(stats: EmbeddingStats, parts: list[torch.Tensor]) -> None:
+def unpack_samples(stats: EmbeddingStats, parts: list[torch.Tensor]) -> None:
+    """Set ``stats``' samples to the bottom-k of the packed ``parts`` (its sums untouched)."""
     d = stats.dim
     for m, modality in enumerate(_MODALITIES):
         rows = torch.cat([p[m][p[m][:, d + 3] == 1] for p in parts])
@@ -71,3 +72,11 @@ def _unpack_into(stats: EmbeddingStats, parts: list[torch.Tensor]) -> None:
             rows[:, d + 1].contiguous(),
             rows[:, d + 2].contiguous(),
         )
+
+
+def merge_packed(template: EmbeddingStats, stacked: torch.Tensor) -> torch.Tensor:
+    """The packed bottom-k merge of packed samples stacked along dim 0 (``template`` gives
+    ``dim`` and ``sample_size``; it is left unchanged)."""
+    scratch = template._empty_like(None)
+    unpack_samples(scratch, list(stacked))
+    return pack_samples(scratch)
