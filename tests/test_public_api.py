@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import pytest
+
 import synthguard as sg
 
 TOP_LEVEL = {
@@ -119,9 +121,19 @@ REASON_CODES = {
 }
 
 
-def test_torch_integration_surface_is_frozen() -> None:
-    module = importlib.import_module("synthguard.integrations.torch")
-    assert set(module.__all__) == TORCH_INTEGRATION
+INTEGRATIONS = {
+    "torch": TORCH_INTEGRATION,
+    "torchmetrics": {"CollapseMetrics"},
+    "ray": {"PoolAudit", "audit", "embed"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(INTEGRATIONS))
+def test_integration_surfaces_are_frozen(name: str) -> None:
+    module = importlib.import_module(f"synthguard.integrations.{name}")
+    assert set(module.__all__) == INTEGRATIONS[name]
+    for attribute in INTEGRATIONS[name]:
+        assert hasattr(module, attribute), attribute
 
 
 def test_reason_codes_are_stable_strings() -> None:

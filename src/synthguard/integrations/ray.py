@@ -1,0 +1,243 @@
+"""Ray Data for offline pools of synthetic pairs (needs ``synthguard[ray]``).
+
+:func:`embed` runs the frozen encoder in an actor pool (one encoder per actor, a GPU each when
+the cluster has GPUs); :func:`audit` decides per sample in an actor pool, merges per-block
+:class:`~synthguard.EmbeddingStats` with a Ray aggregation, and reaches the guard's batch
+verdict on the merged statistics. The decisions are new columns, ready for ``write_parquet``::
+
+    import ray, synthguard as sg
+    from synthguard.integrations.ray import audit, embed
+
+    ds = ray.data.read_parquet("s3://bucket/synthetic/")  # columns image (bytes), caption, id
+    ds = embed(ds, "openclip:ViT-B-32/laion2b_s34b_b79k", batch_size=256, concurrency=8)
+    result = audit(ds, sg.Reference.load("real.ref"), batch_size=4096, id_column="id")
+    print(result.report.summary())
+    result.decisions.filter(lambda row: row["sg_accepted"]).write_parquet("accepted/")
+
+Memory stays bounded: a block's statistics are ``O(d²)`` sums plus a bottom-k sample of
+``GuardConfig.max_batch_rows`` rows, whatever the pool size. Ray serialises them as
+safetensors bytes (no pickle of our state).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from synthguard._errors import InvalidInputError
+from synthguard._pool import (
+    ERROR_COLUMN,
+    IMAGE_COLUMN,
+    TEXT_COLUMN,
+    PoolSpec,
+    PoolState,
+    block_guard,
+    block_state,
+    decide_block,
+    pool_report,
+)
+from synthguard._validation import check_int, describe
+from synthguard.data import PairBatch
+from synthguard.policy import GuardConfig
+from synthguard.reference import Reference
+from synthguard.report import GuardReport
+
+__all__ = ["PoolAudit", "audit", "embed"]
+
+
+def embed(
+    ds: Any,
+    encoder: str,
+    *,
+    batch_size: int,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    concurrency: int = 1,
+    num_gpus: float | None = None,
+    **map_batches_kwargs: Any,
+) -> Any:
+    """Add ``image_embedding``, ``text_embedding`` and ``embed_error`` columns to ``ds``.
+
+    Args:
+        ds: a :class:`ray.data.Dataset` with an image column (encoded bytes, paths or HWC
+            arrays) and a caption column.
+        encoder: an encoder spec (``"openclip:ViT-B-32/laion2b_s34b_b79k"``,
+            ``"bundled:digits"``, ...); each actor loads it once.
+        batch_size: rows per encoder call (required: it sets GPU memory use).
+        concurrency: actors in the pool.
+        num_gpus: GPUs per actor; ``None`` takes 1 when the cluster has GPUs, else 0.
+        **map_batches_kwargs: passed to :meth:`ray.data.Dataset.map_batches`.
+
+    A sample that cannot be embedded keeps its row: NaN embeddings and its reason code
+    (``unreadable_image``, ``empty_caption``, ...) in ``embed_error``.
+    """
+    import ray
+
+    if not isinstance(encoder, str):
+        raise InvalidInputError(
+            f"encoder must be an encoder spec string (each actor loads its own copy); "
+            f"got {describe(encoder)}"
+        )
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("concurrency", concurrency, minimum=1)
+    if num_gpus is None:
+        num_gpus = 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) else 0.0
+    return ds.map_batches(
+        _Embedder,
+        fn_constructor_kwargs={
+            "spec": encoder, "image_column": image_column, "caption_column": caption_column,
+        },
+        batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
+        num_gpus=num_gpus, **map_batches_kwargs,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PoolAudit:
+    """What :func:`audit` found.
+
+    Attributes:
+        report: the batch verdict on the whole pool (``samples`` is empty; counts cover the
+            pool).
+        decisions: the dataset with decision columns ``sg_accepted``, ``sg_embedded``,
+            ``sg_reasons``, ``sg_details``, ``sg_new_label`` and ``sg_relabeled``
+            (materialised).
+    """
+
+    report: GuardReport
+    decisions: Any
+
+
+def audit(
+    ds: Any,
+    reference: Reference,
+    config: GuardConfig | None = None,
+    *,
+    batch_size: int,
+    id_column: str | None = None,
+    label_column: str | None = None,
+    concurrency: int = 1,
+) -> PoolAudit:
+    """Decide every row of an embedded pool and reach one batch verdict on all of it.
+
+    Args:
+        ds: a :class:`ray.data.Dataset` with ``image_embedding`` and ``text_embedding``
+            columns (see :func:`embed`).
+        reference: the real-data reference.
+        config: the guard's configuration.
+        batch_size: rows per decision call (per-sample ``near_duplicate`` looks within it).
+        id_column: unique sample ids (keys of the pool's subsample); ``None`` keys rows by
+            content.
+        label_column: integer class labels, if any.
+        concurrency: actors in the decision pool.
+    """
+    import ray
+
+    if not isinstance(reference, Reference):
+        raise InvalidInputError(f"reference must be a Reference; got {describe(reference)}")
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("concurrency", concurrency, minimum=1)
+    guard = block_guard(reference, config)
+    spec = PoolSpec.of(guard)
+    columns = {"id_column": id_column, "label_column": label_column}
+    blob = ray.put(_reference_bytes(reference))
+    decided = ds.map_batches(
+        _Decider,
+        fn_constructor_kwargs={"reference": blob, "config": config, **columns},
+        batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
+    ).materialize()  # fmt: skip
+    merged = decided.aggregate(_merge_stats(spec, **columns))[_AGGREGATE]
+    verdict = block_guard(reference, config, per_sample_only=False)
+    report = pool_report(verdict, PoolState.from_bytes(merged))
+    return PoolAudit(report=report, decisions=decided)
+
+
+class _Embedder:
+    """One encoder per Ray actor."""
+
+    def __init__(self, spec: str, image_column: str, caption_column: str) -> None:
+        from synthguard.encoders import load_encoder
+
+        self.encoder = load_encoder(spec)
+        self.columns = (image_column, caption_column)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from synthguard.encoders import embed_pairs
+
+        image_column, caption_column = self.columns
+        for column in self.columns:
+            if column not in batch:
+                raise InvalidInputError(
+                    f"the dataset has no column {column!r}; got {sorted(batch)}"
+                )
+        pairs = PairBatch(list(batch[image_column]), list(batch[caption_column]))
+        emb = embed_pairs(self.encoder, pairs)
+        out = dict(batch)
+        out[IMAGE_COLUMN] = emb.image.float().numpy()
+        out[TEXT_COLUMN] = emb.text.float().numpy()
+        out[ERROR_COLUMN] = np.array(
+            [str(emb.errors[i]) if i in emb.errors else "" for i in range(len(pairs))]
+        )
+        return out
+
+
+class _Decider:
+    """One per-sample guard per Ray actor (no encoder: the rows arrive embedded)."""
+
+    def __init__(
+        self, reference: Any, config: GuardConfig | None, id_column: str | None,
+        label_column: str | None,
+    ) -> None:  # fmt: skip
+        import ray
+
+        blob = reference if isinstance(reference, bytes) else ray.get(reference)
+        self.guard = block_guard(_reference_from_bytes(blob), config)
+        self.columns = {"id_column": id_column, "label_column": label_column}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        return decide_block(self.guard, batch, **self.columns)
+
+
+_AGGREGATE = "synthguard_pool_state"
+
+
+def _merge_stats(spec: PoolSpec, id_column: str | None, label_column: str | None) -> Any:
+    """A Ray aggregation of per-block :class:`PoolState`; the accumulator is safetensors bytes."""
+    from ray.data.aggregate import AggregateFnV2
+    from ray.data.block import BlockAccessor
+
+    class MergeStats(AggregateFnV2):
+        def __init__(self) -> None:
+            self.spec = spec
+            self.columns = {"id_column": id_column, "label_column": label_column}
+            empty = PoolState.empty(spec).to_bytes()
+            super().__init__(_AGGREGATE, zero_factory=lambda: empty, on=None, ignore_nulls=False)
+
+        def aggregate_block(self, block: Any) -> bytes:
+            batch: dict[str, Any] = dict(BlockAccessor.for_block(block).to_numpy())
+            if not len(batch.get("sg_accepted", ())):
+                return PoolState.empty(self.spec).to_bytes()
+            return block_state(self.spec, batch, **self.columns).to_bytes()
+
+        def combine(self, current: bytes, new: bytes) -> bytes:
+            return PoolState.from_bytes(current).merge(PoolState.from_bytes(new)).to_bytes()
+
+    return MergeStats()
+
+
+def _reference_bytes(reference: Reference) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = reference.save(os.path.join(folder, "reference.safetensors"))
+        return path.read_bytes()
+
+
+def _reference_from_bytes(blob: bytes) -> Reference:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "reference.safetensors")
+        with open(path, "wb") as handle:
+            handle.write(blob)
+        return Reference.load(path)

@@ -1,0 +1,178 @@
+"""synthguard.integrations.ray on a local Ray instance equals the same steps in one process."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import synthguard as sg
+from _digits import TEMPLATE, digits_reference
+from synthguard._pool import PoolSpec, block_guard, block_state, decide_block, pool_report
+from synthguard.datasets import DIGITS_CONCEPT_BANK, load_digits
+from synthguard.encoders import embed_pairs
+
+ray = pytest.importorskip("ray")
+
+CONFIG = sg.GuardConfig(n_resamples=999, max_batch_rows=128)
+BLOCK = 30
+DECISIONS = ("sg_accepted", "sg_embedded", "sg_reasons", "sg_details", "sg_new_label",
+             "sg_relabeled", "sg_concept_digit")  # fmt: skip
+
+
+def _png(image: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits() -> Any:
+    return load_digits("test")
+
+
+@pytest.fixture(scope="module")
+def reference(digits: Any) -> sg.Reference:
+    ref = digits_reference(digits, "bundled:digits")
+    assert ref.encoder is not None
+    ref.add_concept_bank(sg.ConceptBank(DIGITS_CONCEPT_BANK, ref.encoder, templates=TEMPLATE))
+    return ref
+
+
+@pytest.fixture(scope="module")
+def rows(digits: Any) -> list[dict[str, Any]]:
+    """Held-out digits 270..539 with a corrupt image, an empty caption, swapped captions
+    (every 9th) and wrong labels (every 11th)."""
+    out = []
+    for j, i in enumerate(range(270, 540)):
+        caption = digits.captions[i if j % 9 else 270 + (j + 4) % 270]
+        out.append({"image": _png(digits.images[i]), "caption": caption, "id": digits.ids[i],
+                    "label": (int(digits.labels[i]) + (j % 11 == 0)) % 10})  # fmt: skip
+    out[5]["image"] = b"not an image"
+    out[17]["caption"] = ""
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def embedded(local_ray: None, rows: list[dict[str, Any]]) -> Any:
+    from synthguard.integrations.ray import embed
+
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows) // BLOCK)
+    return embed(ds, "bundled:digits", batch_size=BLOCK).materialize()
+
+
+def _by_id(batch: dict[str, Any]) -> dict[str, int]:
+    return {str(v): i for i, v in enumerate(batch["id"])}
+
+
+@pytest.mark.slow
+def test_embed_adds_the_encoders_embeddings_and_keeps_bad_rows(
+    embedded: Any, rows: list[dict[str, Any]], reference: sg.Reference
+) -> None:
+    got = embedded.take_batch(len(rows) + 1, batch_format="numpy")
+    assert len(got["id"]) == len(rows)  # nothing dropped
+    where = _by_id(got)
+    assert reference.encoder is not None
+    want = embed_pairs(reference.encoder, sg.PairBatch(
+        [r["image"] for r in rows], [r["caption"] for r in rows]
+    ))  # fmt: skip
+    order = [where[r["id"]] for r in rows]
+    image, text = got["image_embedding"][order], got["text_embedding"][order]
+    ok = [i for i in range(len(rows)) if i not in want.errors]
+    np.testing.assert_allclose(image[ok], want.image[ok].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(text[ok], want.text[ok].numpy(), rtol=1e-5, atol=1e-6)
+    errors = got["embed_error"][order]
+    assert errors[5] == "unreadable_image" and errors[17] == "empty_caption"
+    assert np.isnan(image[5]).all() and set(errors[ok]) == {""}
+
+
+@pytest.mark.slow
+def test_audit_equals_the_same_steps_in_one_process(
+    embedded: Any, reference: sg.Reference, tmp_path: Path
+) -> None:
+    from synthguard.integrations.ray import audit
+
+    columns = {"id_column": "id", "label_column": "label"}
+    result = audit(embedded, reference, CONFIG, batch_size=BLOCK, **columns)
+    # One process: the same blocks (Ray's batches are its 30-row blocks), merged in reverse.
+    blocks = [dict(b) for b in embedded.iter_batches(batch_size=None, batch_format="numpy")]
+    assert all(len(b["id"]) == BLOCK for b in blocks)
+    guard = block_guard(reference, CONFIG)
+    spec = PoolSpec.of(guard)
+    decided = [decide_block(guard, b, **columns) for b in blocks]
+    states = [block_state(spec, d, **columns) for d in decided]
+    merged = states[-1]
+    for state in reversed(states[:-1]):
+        merged = merged.merge(state)
+    want = pool_report(block_guard(reference, CONFIG, per_sample_only=False), merged).to_dict()
+    got = result.report.to_dict()
+    assert want["metrics"]["frechet_distance"]["passed"] is not None  # the tests ran
+    for name in ("accepted", "n_samples", "n_accepted", "rejects_by_reason", "n_relabeled",
+                 "rows_tested", "risk_score"):  # fmt: skip
+        assert got[name] == want[name], name
+    for name, metric in want["metrics"].items():
+        assert got["metrics"][name]["value"] == pytest.approx(metric["value"], rel=1e-9)
+        assert got["metrics"][name]["p_value"] == metric["p_value"], name
+    assert got["concepts"] == want["concepts"]
+    assert got["n_samples"] == 270 and got["rejects_by_reason"]["unreadable_image"] == 1
+    # Per-sample decision columns: the same, row for row.
+    ray_rows = result.decisions.take_batch(271, batch_format="numpy")
+    local = {k: np.concatenate([d[k] for d in decided]) for k in ("id", *DECISIONS)}
+    where = _by_id(ray_rows)
+    order = [where[str(i)] for i in local["id"]]
+    for name in DECISIONS:
+        assert list(ray_rows[name][order]) == list(local[name]), name
+    # Writable to Parquet, decisions included.
+    result.decisions.write_parquet(str(tmp_path / "out"))
+    back = ray.data.read_parquet(str(tmp_path / "out")).take_batch(271, batch_format="numpy")
+    assert len(back["id"]) == 270 and int(back["sg_accepted"].sum()) == got["n_accepted"]
+
+
+def test_a_mode_collapsed_pool_is_rejected_in_blocks(reference: sg.Reference, digits: Any) -> None:
+    """40 distinct real 3s in blocks of 15: the pool verdict fails on diversity."""
+    threes = [i for i in range(270, 540) if digits.labels[i] == 3][:40]
+    assert reference.encoder is not None
+    image = reference.encoder.encode_images([digits.images[i] for i in threes])
+    text = reference.encoder.encode_texts([digits.captions[i] for i in threes])
+    guard = block_guard(reference, CONFIG)
+    spec = PoolSpec.of(guard)
+    merged = None
+    for start in range(0, len(threes), 15):
+        block = {"image_embedding": image[start : start + 15].numpy(),
+                 "text_embedding": text[start : start + 15].numpy(),
+                 "id": np.array([digits.ids[i] for i in threes[start : start + 15]])}  # fmt: skip
+        state = block_state(spec, decide_block(guard, block, id_column="id", label_column=None),
+                            id_column="id", label_column=None)  # fmt: skip
+        merged = state if merged is None else merged.merge(state)
+    assert merged is not None
+    report = pool_report(block_guard(reference, CONFIG, per_sample_only=False), merged)
+    assert not report.accepted
+    assert any(name in ("variance_ratio", "vendi_ratio", "coverage")
+               for name in (m.name for m in report.failed_tests))  # fmt: skip
+
+
+def test_pool_state_round_trips_through_safetensors_bytes(reference: sg.Reference) -> None:
+    guard = block_guard(reference, CONFIG)
+    spec = PoolSpec.of(guard)
+    g = torch.Generator().manual_seed(0)
+    block = {"image_embedding": torch.randn(12, spec.dim, generator=g).numpy(),
+             "text_embedding": torch.randn(12, spec.dim, generator=g).numpy()}  # fmt: skip
+    state = block_state(spec, decide_block(guard, block, id_column=None, label_column=None),
+                        id_column=None, label_column=None)  # fmt: skip
+    again = type(state).from_bytes(state.to_bytes())
+    for a, b in ((state.accepted, again.accepted), (state.embedded, again.embedded)):
+        for name, value in a.state_dict().items():
+            assert torch.equal(value, b.state_dict()[name]), name
