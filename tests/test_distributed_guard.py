@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
@@ -46,6 +47,7 @@ def _shards(n: int, world: int, kind: str) -> list[list[int]]:
 def _worker(rank: int, world: int, folder: str, kind: str, n: int, default_ids: bool) -> None:
     import torch.distributed as dist
 
+    torch.set_num_threads(1)  # up to 3 ranks share 2 cores
     dist.init_process_group(
         "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
     )
@@ -127,3 +129,25 @@ def test_sync_without_a_process_group_is_a_clear_error(reference_file: Path) -> 
         guard.check(_batch(list(range(20))), sync=True)
     # Without a process group the default checks the batch alone.
     assert guard.check(_batch(list(range(20)))).world_size == 1
+
+
+class _SyncInLoader(torch.utils.data.Dataset):
+    def __init__(self, guard: sg.Guard) -> None:
+        self.guard = guard
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> str:
+        x = torch.nn.functional.normalize(torch.randn(20, self.guard.reference.stats.dim), dim=1)
+        try:
+            self.guard.check_embeddings(x, x, sync=True)
+        except sg.InvalidInputError as exc:
+            return str(exc)
+        return "no error"
+
+
+def test_sync_is_refused_in_a_dataloader_worker(reference_file: Path) -> None:
+    guard = sg.Guard(sg.Reference.load(reference_file), CONFIG)
+    loader = torch.utils.data.DataLoader(_SyncInLoader(guard), num_workers=1, batch_size=None)
+    assert "cannot run in a DataLoader worker" in next(iter(loader))

@@ -117,12 +117,19 @@ def shard_for(sync: bool | None, group: Any = None) -> LocalShard:
     """The shard a check runs on: distributed when ``sync`` (or, with ``None``, when a process
     group of more than one rank is initialised)."""
     import torch.distributed as dist
+    from torch.utils.data import get_worker_info
 
     ready = dist.is_available() and dist.is_initialized()
+    in_loader = get_worker_info() is not None  # a forked worker inherits the group: unusable
     if sync is None:
-        sync = ready and dist.get_world_size(group) > 1
+        sync = ready and not in_loader and dist.get_world_size(group) > 1
     if not sync:
         return LocalShard()
+    if in_loader:
+        raise InvalidInputError(
+            "sync=True cannot run in a DataLoader worker process (collectives belong to the "
+            "training process); call guard.check(batch, sync=True) in the training step"
+        )
     if not ready:
         raise InvalidInputError(
             "sync=True needs an initialised torch.distributed process group "
@@ -188,7 +195,9 @@ def summarise(
         if rows >= min_rows:
             picked = accepted_idx[torch.randperm(accepted_idx.numel(), generator=gen)[:rows]]
             picked = picked.sort()[0]
-    fetched = _fetch(shard, torch.cat([image, text], dim=1), torch.cat([picked, dup_pick]), offset)
+    pairs, duplicates = _fetch(
+        shard, [(torch.cat([image, text], dim=1), picked), (image, dup_pick)], offset
+    )
     d = image.shape[1]
 
     label_counts = None
@@ -208,9 +217,9 @@ def summarise(
         n_valid=valid_idx.numel(),
         n_accepted=accepted_idx.numel(),
         n_flagged=int((counted & (flags & _FLAGGED).bool()).sum()),
-        image=fetched[: picked.numel(), :d],
-        text=fetched[: picked.numel(), d:],
-        duplicate_image=fetched[picked.numel() :, :d],
+        image=pairs[:, :d],
+        text=pairs[:, d:],
+        duplicate_image=duplicates,
         label_counts=label_counts,
         concept_counts={k: v for k, v in tables.items() if not k.endswith("/by_class")},
         concept_by_class={
@@ -253,16 +262,24 @@ def _first_occurrences(meta: torch.Tensor) -> torch.Tensor:
 
 
 def _fetch(
-    shard: LocalShard, local: torch.Tensor, indices: torch.Tensor, offset: int
-) -> torch.Tensor:
-    """Rows ``indices`` (global) of the rank-ordered batch, on every rank."""
-    n = local.shape[0]
-    mine = (indices >= offset) & (indices < offset + n)
+    shard: LocalShard, requests: list[tuple[torch.Tensor, torch.Tensor]], offset: int
+) -> list[torch.Tensor]:
+    """Per ``(local rows, global indices)`` request, those rows of the rank-ordered batch, on
+    every rank: one all-reduce of every request, each rank filling the rows it owns."""
     if shard.world_size == 1:
-        return local[indices - offset]
-    out = torch.zeros(indices.numel(), local.shape[1], dtype=torch.float64)
-    out[mine] = local[indices[mine] - offset].double()
-    return shard.sum(out)
+        return [local[indices - offset] for local, indices in requests]
+    parts = []
+    for local, indices in requests:
+        mine = (indices >= offset) & (indices < offset + local.shape[0])
+        part = torch.zeros(indices.numel(), local.shape[1], dtype=torch.float64)
+        part[mine] = local[indices[mine] - offset].double()
+        parts.append(part)
+    flat = shard.sum(torch.cat([p.reshape(-1) for p in parts]))
+    out, start = [], 0
+    for part in parts:
+        out.append(flat[start : start + part.numel()].reshape(part.shape))
+        start += part.numel()
+    return out
 
 
 def _sum_tables(shard: LocalShard, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -81,7 +81,9 @@ def _restore(template: Any, batch: PairBatch, j: int) -> Any:
 
 def _gate(guard: Guard, samples: list[Any], ids: list[Any]) -> tuple[GuardReport, list[Any]]:
     batch = samples_to_batch(samples, ids)
-    report = guard.check(batch)
+    # Never a collective here: loaders run in worker processes and ranks' loaders are not in
+    # step. A verdict shared by every rank is guard.check(batch, sync=True) in the train step.
+    report = guard.check(batch, sync=False)
     clean = report.apply(batch)
     if clean is None:
         return report, []
