@@ -178,7 +178,8 @@ def bench_ray(rows: int, batch: int) -> dict[str, Any]:
         embedded = ds.map_batches(
             Embedder, fn_constructor_kwargs={"spec": "bundled:digits", "image_column": "image",
                                              "caption_column": "caption"},
-            batch_size=batch, batch_format="numpy", concurrency=workers,
+            batch_size=batch, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
         ).materialize()  # fmt: skip
         embed_s = time.perf_counter() - start
         start = time.perf_counter()
@@ -201,16 +202,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--only", choices=("all", "distributed", "ray"), default="all")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     meta = {"date": datetime.date.today().isoformat(), "machine": platform.processor()
             or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__}  # fmt: skip
-    dist_results = bench_distributed(args.sizes, args.repeats)
+    dist_results: dict[str, Any] = {}
+    ray_results: dict[str, Any] = {}
+    if args.only in ("all", "distributed"):
+        dist_results = bench_distributed(args.sizes, args.repeats)
+        _print_distributed(args.sizes, dist_results)
+    if args.only in ("all", "ray"):
+        ray_results = bench_ray(args.rows, args.batch)
+        _print_ray(args.rows, args.batch, ray_results)
+    print(f"\n{json.dumps(meta)}")
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "distributed": dist_results,
+                                         "ray": ray_results}, indent=2))  # fmt: skip
+
+
+def _print_distributed(sizes: list[int], dist_results: dict[str, Any]) -> None:
     print("## torch.distributed: guard.check_embeddings, 1 process vs 2 gloo ranks")
     print("| pairs | 1 proc s/check | 2 ranks s/check | speed-up | bytes sent per rank | "
           "collectives | peak RSS/proc MiB (1 / 2) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for n in args.sizes:
+    for n in sizes:
         one, two = dist_results["1"][0][str(n)], dist_results["2"]
         slowest = max(r[str(n)]["seconds"] for r in two)
         print(f"| {n} | {one['seconds']:.3f} | {slowest:.3f} | {one['seconds'] / slowest:.2f}× "
@@ -221,8 +237,10 @@ def main() -> None:
     for d in (512, 768, 1024):
         b = all_reduce_bytes(d, 1024, 2)
         print(f"d={d}: sums {b['sums']:,} B, samples (k=1024) {b['samples']:,} B")
-    ray_results = bench_ray(args.rows, args.batch)
-    print(f"\n## Ray Data: {args.rows} digits rows, batch {args.batch}")
+
+
+def _print_ray(rows: int, batch: int, ray_results: dict[str, Any]) -> None:
+    print(f"\n## Ray Data: {rows} digits rows, batch {batch}")
     print("| actors | embed rows/s | audit rows/s | peak RSS per actor (MiB) |")
     print("|---|---|---|---|")
     for w in ("1", "2"):
@@ -231,10 +249,6 @@ def main() -> None:
             f"| {w} | {r['embed_rows_per_s']:.0f} | {r['audit_rows_per_s']:.0f} | "
             f"{', '.join(f'{x:.0f}' for x in r['peak_rss_mib_per_actor'])} |"
         )
-    print(f"\n{json.dumps(meta)}")
-    if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "distributed": dist_results,
-                                         "ray": ray_results}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

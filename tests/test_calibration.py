@@ -259,3 +259,21 @@ def test_flag_rate_test_is_the_beta_binomial_tail() -> None:
     counts = rng.binomial(100, q)
     sims = stats.betabinom.sf(counts - 1, 100, 31, 571)
     assert abs(float(np.mean(sims <= 0.05)) - 0.05) < 0.01
+
+
+@given(
+    total=st.integers(1, 400),
+    support_flagged=st.integers(0, 60),
+    level=st.floats(1e-4, 0.5),
+)
+@settings(max_examples=60, deadline=None)
+def test_flag_rate_bound_equals_a_scan_of_every_count(
+    total: int, support_flagged: int, level: float
+) -> None:
+    from scipy import stats
+
+    _, bound, _ = flag_rate_test(0, total, support_flagged, 600, level)
+    a, b = support_flagged + 1, 600 - support_flagged + 1
+    tail = stats.betabinom.sf(np.arange(total + 2) - 1, total, a, b)  # P(X >= k), every k
+    first = int(np.argmax(tail <= level))
+    assert bound == (first - 1) / total

@@ -107,6 +107,8 @@ def test_sharded_check_equals_one_process(
         for name in BATCH_FIELDS:
             assert report[name] == whole[name], (rank, name)
         assert report["world_size"] == world and report["n_repeats"] == repeats
+        summary = sg.GuardReport.model_validate(report).summary()
+        assert f"all {world} ranks: {whole['n_accepted']}/{n} samples accepted" in summary
         # Per-sample decisions stay local: exactly those of this rank's shard checked alone.
         assert report["samples"] == local["samples"]
         assert report["n_samples"] == len(shards[rank])

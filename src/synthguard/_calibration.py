@@ -325,9 +325,15 @@ def flag_rate_test(
     """
     a, b = support_flagged + 1, support_size - support_flagged + 1
     p = float(scipy_stats.betabinom.sf(flagged - 1, total, a, b))
-    ks = np.arange(total + 2)
-    tail = scipy_stats.betabinom.sf(ks - 1, total, a, b)  # P(X >= k)
-    first = int(np.argmax(tail <= level)) if bool((tail <= level).any()) else total + 1
+    # The first k with P(X >= k) <= level, by bisection (the tail falls with k; P(X >= total
+    # + 1) = 0): O(log total) tail evaluations, so pools of millions of rows cost the same.
+    first, last = 0, total + 1
+    while first < last:
+        mid = (first + last) // 2
+        if float(scipy_stats.betabinom.sf(mid - 1, total, a, b)) <= level:
+            last = mid
+        else:
+            first = mid + 1
     median = float(scipy_stats.betabinom.median(total, a, b)) / total
     return p, (first - 1) / total, median
 

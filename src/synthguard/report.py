@@ -209,6 +209,13 @@ class GuardReport(BaseModel):
             f"{self.n_relabeled} relabeled, risk {risk}",
             *(f"  reason: {r}" for r in self.reasons),
         ]
+        if self.world_size > 1:
+            lines.insert(
+                1,
+                f"  all {self.world_size} ranks: {self.n_accepted_all_ranks}/"
+                f"{self.n_samples_all_ranks} samples accepted ({self.n_repeats} padding "
+                "repeats not counted); the counts above are this rank's",
+            )
         if self.rejects_by_reason:
             counts = ", ".join(f"{k}={v}" for k, v in self.rejects_by_reason.items())
             lines.append(f"  sample rejects: {counts}")

@@ -91,8 +91,9 @@ def embed(
         fn_constructor_kwargs={
             "spec": encoder, "image_column": image_column, "caption_column": caption_column,
         },
-        batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
-        num_gpus=num_gpus, **map_batches_kwargs,
+        batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
+        **map_batches_kwargs,
     )  # fmt: skip
 
 
@@ -148,7 +149,8 @@ def audit(
     decided = ds.map_batches(
         _Decider,
         fn_constructor_kwargs={"reference": blob, "config": config, **columns},
-        batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
+        batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
     ).materialize()  # fmt: skip
     merged = decided.aggregate(_merge_stats(spec, **columns))[_AGGREGATE]
     verdict = block_guard(reference, config, per_sample_only=False)
