@@ -135,73 +135,154 @@ def all_reduce_bytes(dim: int, sample_size: int, world: int) -> dict[str, int]:
 # -- 3. Ray Data ---------------------------------------------------------------------------
 
 
-def _ray_rows(n: int) -> list[dict[str, Any]]:
-    from synthguard.datasets import load_digits
+def _png_rows(n: int) -> list[dict[str, Any]]:
+    """Real photo crops (bench_embed's) as PNG bytes, with captions and unique ids."""
+    import sys
 
-    digits = load_digits("train")
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_embed import _photos
+
     out = []
-    for i in range(n):
-        j = i % len(digits.images)
+    for i, photo in enumerate(_photos(n, 224)):
         buffer = io.BytesIO()
-        digits.images[j].save(buffer, format="PNG")
-        out.append({"image": buffer.getvalue(), "caption": digits.captions[j], "id": f"r{i}"})
+        Image.fromarray(photo).save(buffer, format="PNG")
+        out.append({"image": buffer.getvalue(), "caption": f"a photo, crop {i}", "id": f"r{i}"})
     return out
 
 
-def bench_ray(rows: int, batch: int) -> dict[str, Any]:
+def _digit_rows(n: int) -> list[dict[str, Any]]:
+    """The bundled digits (8×8, PNG bytes) cycled to ``n`` rows with unique ids."""
+    from synthguard.datasets import load_digits
+
+    digits = load_digits("train")
+    encoded = []
+    for image in digits.images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    m = len(encoded)
+    return [{"image": encoded[i % m], "caption": digits.captions[i % m], "id": f"r{i}"}
+            for i in range(n)]  # fmt: skip
+
+
+def _actor_rss(out: dict[str, Any]) -> dict[str, Any]:
+    out["rss"] = np.full(len(out["id"]), _peak_rss_mib())
+    out["pid"] = np.full(len(out["id"]), os.getpid())
+    return out
+
+
+def _rss_by_actor(ds: Any) -> list[float]:
+    table = ds.select_columns(["pid", "rss"]).to_pandas()
+    return sorted(table.groupby("pid")["rss"].max().round(0).tolist())
+
+
+def bench_ray_embed(spec: str, items: list[dict[str, Any]], batch: int) -> dict[str, Any]:
+    """``integrations.ray.embed``'s actor class on PNG rows, with 1 and 2 actors."""
     import ray
 
-    from synthguard.datasets import load_digits
     from synthguard.integrations import ray as sg_ray
 
     class Embedder(sg_ray._Embedder):  # records each actor's peak RSS
-        def __call__(self, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            out = super().__call__(b)
-            out["rss"] = np.full(len(out["id"]), _peak_rss_mib())
-            out["pid"] = np.full(len(out["id"]), os.getpid())
-            return out
+        def __call__(self, b: dict[str, np.ndarray]) -> dict[str, Any]:
+            return _actor_rss(super().__call__(b))
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    test = load_digits("test")
-    ref = sg.Reference.build(test.images, test.captions, encoder="bundled:digits", ids=test.ids)
-    config = sg.GuardConfig(n_resamples=999, max_batch_rows=512)
-    items = _ray_rows(rows)
+    rows = len(items)
     results: dict[str, Any] = {}
-    # A warm-up audit computes the one-off null (cached on ``ref``) before anything is timed.
-    warm = ray.data.from_items(items[: batch * 2], override_num_blocks=2)
-    warm = sg_ray.embed(warm, "bundled:digits", batch_size=batch)
-    sg_ray.audit(warm, ref, config, batch_size=batch, id_column="id")
     for workers in (1, 2):
         ds = ray.data.from_items(items, override_num_blocks=max(4, rows // batch))
         start = time.perf_counter()
         embedded = ds.map_batches(
-            Embedder, fn_constructor_kwargs={"spec": "bundled:digits", "image_column": "image",
+            Embedder, fn_constructor_kwargs={"spec": spec, "image_column": "image",
                                              "caption_column": "caption"},
             batch_size=batch, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
         ).materialize()  # fmt: skip
-        embed_s = time.perf_counter() - start
-        start = time.perf_counter()
-        result = sg_ray.audit(embedded, ref, config, batch_size=batch, id_column="id",
-                              concurrency=workers)  # fmt: skip
-        audit_s = time.perf_counter() - start
-        seen = embedded.select_columns(["pid", "rss"]).to_pandas().groupby("pid")["rss"].max()
-        results[str(workers)] = {
-            "embed_rows_per_s": rows / embed_s, "audit_rows_per_s": rows / audit_s,
-            "peak_rss_mib_per_actor": sorted(seen.round(0).tolist()),
-            "accepted": result.report.accepted, "n_accepted": result.report.n_accepted,
-        }  # fmt: skip
-    ray.shutdown()
+        seconds = time.perf_counter() - start
+        results[str(workers)] = {"rows_per_s": rows / seconds, "seconds": seconds,
+                                 "peak_rss_mib_per_actor": _rss_by_actor(embedded)}  # fmt: skip
     return results
+
+
+def bench_ray_audit(rows: int, batch: int, support: int) -> dict[str, Any]:
+    """The steps of ``integrations.ray.audit`` (timed one by one) on d = 512 embeddings."""
+    import ray
+
+    from synthguard._pool import PoolSpec, PoolState, block_guard, pool_report
+    from synthguard.integrations import ray as sg_ray
+
+    class Decider(sg_ray._Decider):
+        def __call__(self, b: dict[str, np.ndarray]) -> dict[str, Any]:
+            return _actor_rss(super().__call__(b))
+
+    ref = sg.Reference.from_embeddings(*_mixture(support, seed=0), support_size=support)
+    image, text = _mixture(rows, seed=1)
+    ds = ray.data.from_items(
+        [{"image_embedding": image[i].float().numpy(), "text_embedding": text[i].float().numpy(),
+          "id": i} for i in range(rows)],
+        override_num_blocks=max(4, rows // batch),
+    ).materialize()  # fmt: skip
+    config = sg.GuardConfig(n_resamples=999, max_batch_rows=512)
+    verdict = block_guard(ref, config, per_sample_only=False)
+    spec = PoolSpec.of(block_guard(ref, config))
+    blob = ray.put(sg_ray._reference_bytes(ref))
+    results: dict[str, Any] = {}
+    null_s = 0.0
+    for workers in (1, 2):
+        start = time.perf_counter()
+        decided = ds.map_batches(
+            Decider, fn_constructor_kwargs={"reference": blob, "config": config,
+                                            "id_column": "id", "label_column": None},
+            batch_size=batch, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+        ).materialize()  # fmt: skip
+        decide_s = time.perf_counter() - start
+        merged = decided.aggregate(sg_ray._merge_stats(spec, "id", None))[sg_ray._AGGREGATE]
+        aggregate_s = time.perf_counter() - start - decide_s
+        first = time.perf_counter()
+        report = pool_report(verdict, PoolState.from_bytes(merged))  # the null: once
+        verdict_s = time.perf_counter() - first
+        if workers == 1:
+            first = time.perf_counter()
+            pool_report(verdict, PoolState.from_bytes(merged))
+            verdict_s, null_s = time.perf_counter() - first, verdict_s
+        total = decide_s + aggregate_s + verdict_s
+        results[str(workers)] = {
+            "decide_s": decide_s, "aggregate_s": aggregate_s, "verdict_s": verdict_s,
+            "rows_per_s": rows / total, "peak_rss_mib_per_actor": _rss_by_actor(decided),
+            "accepted": report.accepted, "n_accepted": report.n_accepted,
+        }  # fmt: skip
+    results["null_s"] = null_s
+    return results
+
+
+def bench_ray(rows: int, batch: int, model_rows: int, support: int) -> dict[str, Any]:
+    import ray
+    from bench_embed import _build_models  # benchmarks/ is on sys.path when run as a script
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        oc_dir, _ = _build_models("vitb32", Path(folder))
+        out["embed ViT-B-32 size"] = bench_ray_embed(
+            f"openclip:local-dir:{oc_dir}", _png_rows(model_rows), batch=32
+        )
+    out["embed bundled:digits"] = bench_ray_embed("bundled:digits", _digit_rows(rows), batch)
+    out["audit d=512"] = bench_ray_audit(rows, batch, support)
+    ray.shutdown()
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=8000)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--rows", type=int, default=32000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--model-rows", type=int, default=384)
+    parser.add_argument("--support", type=int, default=10_000)
     parser.add_argument("--only", choices=("all", "distributed", "ray"), default="all")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -213,8 +294,8 @@ def main() -> None:
         dist_results = bench_distributed(args.sizes, args.repeats)
         _print_distributed(args.sizes, dist_results)
     if args.only in ("all", "ray"):
-        ray_results = bench_ray(args.rows, args.batch)
-        _print_ray(args.rows, args.batch, ray_results)
+        ray_results = bench_ray(args.rows, args.batch, args.model_rows, args.support)
+        _print_ray(ray_results)
     print(f"\n{json.dumps(meta)}")
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "distributed": dist_results,
@@ -239,16 +320,25 @@ def _print_distributed(sizes: list[int], dist_results: dict[str, Any]) -> None:
         print(f"d={d}: sums {b['sums']:,} B, samples (k=1024) {b['samples']:,} B")
 
 
-def _print_ray(rows: int, batch: int, ray_results: dict[str, Any]) -> None:
-    print(f"\n## Ray Data: {rows} digits rows, batch {batch}")
-    print("| actors | embed rows/s | audit rows/s | peak RSS per actor (MiB) |")
-    print("|---|---|---|---|")
-    for w in ("1", "2"):
-        r = ray_results[w]
-        print(
-            f"| {w} | {r['embed_rows_per_s']:.0f} | {r['audit_rows_per_s']:.0f} | "
-            f"{', '.join(f'{x:.0f}' for x in r['peak_rss_mib_per_actor'])} |"
-        )
+def _print_ray(ray_results: dict[str, Any]) -> None:
+    print("\n## Ray Data, 1 vs 2 actors")
+    print("| step | actors | rows/s | speed-up | seconds | peak RSS per actor (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for step, by_workers in ray_results.items():
+        by_workers = {k: v for k, v in by_workers.items() if k in ("1", "2")}
+        base = by_workers["1"]["rows_per_s"]
+        for w in ("1", "2"):
+            r = by_workers[w]
+            seconds = r.get("seconds") or r["decide_s"] + r["aggregate_s"] + r["verdict_s"]
+            parts = ""
+            if "decide_s" in r:
+                parts = (f" (decide {r['decide_s']:.1f} + merge {r['aggregate_s']:.1f} + "
+                         f"verdict {r['verdict_s']:.2f})")  # fmt: skip
+            print(f"| {step} | {w} | {r['rows_per_s']:.0f} | {r['rows_per_s'] / base:.2f}× | "
+                  f"{seconds:.1f}{parts} | "
+                  f"{', '.join(f'{x:.0f}' for x in r['peak_rss_mib_per_actor'])} |")  # fmt: skip
+    null_s = ray_results["audit d=512"]["null_s"]
+    print(f"(the audit verdict's one-off null, not in the rates: {null_s:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ def embed(
     caption_column: str = "caption",
     concurrency: int = 1,
     num_gpus: float | None = None,
+    encoder_options: Mapping[str, Any] | None = None,
     **map_batches_kwargs: Any,
 ) -> Any:
     """Add ``image_embedding``, ``text_embedding`` and ``embed_error`` columns to ``ds``.
@@ -70,6 +72,8 @@ def embed(
         batch_size: rows per encoder call (required: it sets GPU memory use).
         concurrency: actors in the pool.
         num_gpus: GPUs per actor; ``None`` takes 1 when the cluster has GPUs, else 0.
+        encoder_options: engine options for :func:`~synthguard.load_encoder` in each actor
+            (``precision``, ``batch_size``, ``num_workers``, ...).
         **map_batches_kwargs: passed to :meth:`ray.data.Dataset.map_batches`.
 
     A sample that cannot be embedded keeps its row: NaN embeddings and its reason code
@@ -90,6 +94,7 @@ def embed(
         _Embedder,
         fn_constructor_kwargs={
             "spec": encoder, "image_column": image_column, "caption_column": caption_column,
+            "options": dict(encoder_options or {}),
         },
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
@@ -161,10 +166,13 @@ def audit(
 class _Embedder:
     """One encoder per Ray actor."""
 
-    def __init__(self, spec: str, image_column: str, caption_column: str) -> None:
+    def __init__(
+        self, spec: str, image_column: str, caption_column: str,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         from synthguard.encoders import load_encoder
 
-        self.encoder = load_encoder(spec)
+        self.encoder = load_encoder(spec, **dict(options or {}))
         self.columns = (image_column, caption_column)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
