@@ -71,7 +71,9 @@ def embedded(local_ray: None, rows: list[dict[str, Any]]) -> Any:
     from synthguard.integrations.ray import embed
 
     ds = ray.data.from_items(rows, override_num_blocks=len(rows) // BLOCK)
-    return embed(ds, "bundled:digits", batch_size=BLOCK).materialize()
+    return embed(
+        ds, "bundled:digits", batch_size=BLOCK, encoder_options={"batch_size": 7}
+    ).materialize()
 
 
 def _by_id(batch: dict[str, Any]) -> dict[str, int]:
