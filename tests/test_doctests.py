@@ -27,6 +27,7 @@ MODULES = [
     "synthguard.functional.text",
     "synthguard.guard",
     "synthguard.integrations.torch",
+    "synthguard.integrations.torchmetrics",
     "synthguard.monitor",
     "synthguard.policy",
     "synthguard.reference",
