@@ -44,7 +44,7 @@ def _shards(n: int, world: int, kind: str) -> list[list[int]]:
     return [list(range(bounds[r], bounds[r + 1])) for r in range(world)]
 
 
-def _worker(rank: int, world: int, folder: str, kind: str, n: int, default_ids: bool) -> None:
+def _worker(rank: int, world: int, folder: str, kind: str, n: int, mode: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # up to 3 ranks share 2 cores
@@ -53,12 +53,19 @@ def _worker(rank: int, world: int, folder: str, kind: str, n: int, default_ids: 
     )
     ref = sg.Reference.load(f"{folder}/reference.safetensors")
     guard = sg.Guard(ref, CONFIG)
-    batch = _batch(_shards(n, world, kind)[rank], default_ids)
+    indices = _shards(n, world, kind)[rank]
+    batch = _batch(indices, default_ids=mode == "default ids")
+    if mode == "local ids":  # ids given, but positions: they collide across ranks
+        batch = sg.PairBatch(batch.images, batch.captions, batch.labels, ids=range(len(batch)))
+    if mode == "labels on rank 0 only" and rank:
+        batch = sg.PairBatch(batch.images, batch.captions, ids=batch.ids)
+    if mode == "bad label on rank 1" and rank == 1:
+        batch = sg.PairBatch(batch.images, batch.captions, [99] * len(batch), ids=batch.ids)
     try:
         report: Any = guard.check(batch).to_dict()  # sync by default in a process group
         local = guard.check(batch, sync=False).to_dict()
-    except sg.InvalidInputError as exc:
-        report, local = {"error": str(exc)}, None
+    except sg.SynthGuardError as exc:
+        report, local = {"error": f"{type(exc).__name__}: {exc}"}, None
     Path(f"{folder}/rank{rank}.json").write_text(json.dumps([report, local]))
     dist.destroy_process_group()
 
@@ -78,9 +85,9 @@ def reference_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _spawn(tmp_path: Path, reference: Path, world: int, kind: str, n: int,
-           default_ids: bool = False) -> list[list[Any]]:  # fmt: skip
+           mode: str = "") -> list[list[Any]]:  # fmt: skip
     (tmp_path / "reference.safetensors").write_bytes(reference.read_bytes())
-    mp.spawn(_worker, args=(world, str(tmp_path), kind, n, default_ids), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, str(tmp_path), kind, n, mode), nprocs=world, join=True)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 
 
@@ -116,13 +123,32 @@ def test_sharded_check_equals_one_process(
 
 
 @pytest.mark.slow
-def test_default_ids_repeated_across_ranks_are_refused_on_every_rank(
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("default ids", "InvalidInputError: ids must identify samples across ranks; got the "
+                        "default ids"),
+        ("local ids", "InvalidInputError: ids must identify samples across ranks: rows"),
+        ("labels on rank 0 only", "InvalidInputError: labels must be given on every rank"),
+    ],
+)  # fmt: skip
+def test_inconsistent_ranks_are_refused_on_every_rank(
+    mode: str, error: str, reference_file: Path, tmp_path: Path
+) -> None:
+    reports = _spawn(tmp_path, reference_file, 2, "uneven", 60, mode)
+    for report, _ in reports:
+        assert report["error"].startswith(error), report
+
+
+@pytest.mark.slow
+def test_a_rank_failing_before_the_collectives_fails_every_rank(
     reference_file: Path, tmp_path: Path
 ) -> None:
-    reports = _spawn(tmp_path, reference_file, 2, "uneven", 260, default_ids=True)
-    for report, _ in reports:
-        assert "share an id but differ in content" in report["error"]
-        assert "pass the dataset indices" in report["error"]
+    """Rank 1's labels are out of range: it raises its own error, and rank 0 does not hang."""
+    (mine, _), (theirs, _) = _spawn(tmp_path, reference_file, 2, "uneven", 60,
+                                    "bad label on rank 1")  # fmt: skip
+    assert mine["error"].startswith("SynthGuardError: rank(s) [1] failed before the batch")
+    assert theirs["error"].startswith("InvalidInputError: labels[0] must be")
 
 
 def test_sync_without_a_process_group_is_a_clear_error(reference_file: Path) -> None:

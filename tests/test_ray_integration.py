@@ -178,3 +178,36 @@ def test_pool_state_round_trips_through_safetensors_bytes(reference: sg.Referenc
     for a, b in ((state.accepted, again.accepted), (state.embedded, again.embedded)):
         for name, value in a.state_dict().items():
             assert torch.equal(value, b.state_dict()[name]), name
+
+
+def test_bad_id_and_label_columns_are_named_in_the_error(reference: sg.Reference) -> None:
+    guard = block_guard(reference, CONFIG)
+    g = torch.Generator().manual_seed(0)
+    block = {"image_embedding": torch.randn(4, reference.stats.dim, generator=g).numpy(),
+             "text_embedding": torch.randn(4, reference.stats.dim, generator=g).numpy(),
+             "id": np.array([0.5, 1.5, 2.5, 3.5]), "label": np.array([1.0, np.nan, 2.0, 3.0]),
+             "big": np.array([1, 2, 99, 3])}  # fmt: skip
+    with pytest.raises(sg.InvalidInputError, match="column 'label': labels\\[0\\] must be an int"):
+        decide_block(guard, block, id_column=None, label_column="label")
+    with pytest.raises(sg.InvalidInputError, match="column 'big': labels\\[2\\] must be a class"):
+        decide_block(guard, block, id_column=None, label_column="big")
+    with pytest.raises(sg.InvalidInputError, match="column 'id': ids\\[0\\] must be an int"):
+        decide_block(guard, block, id_column="id", label_column=None)
+    with pytest.raises(sg.InvalidInputError, match="column 'nope' is not in the dataset"):
+        decide_block(guard, block, id_column="nope", label_column=None)
+
+
+@pytest.mark.slow
+def test_audit_refuses_an_empty_pool_and_warns_without_ids(
+    local_ray: None, reference: sg.Reference
+) -> None:
+    from synthguard.integrations.ray import audit
+
+    dim = reference.stats.dim
+    empty = ray.data.from_items(
+        [{"image_embedding": np.ones(dim, np.float32), "text_embedding": np.ones(dim, np.float32)}]
+    ).filter(lambda row: False)
+    with pytest.warns(UserWarning, match="pass id_column"), pytest.raises(
+        sg.InvalidInputError, match="at least one row"
+    ):  # fmt: skip
+        audit(empty, reference, CONFIG, batch_size=8)

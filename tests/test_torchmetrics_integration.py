@@ -105,8 +105,34 @@ def test_arguments_are_validated() -> None:
         metric.update(image, text, ids=range(3))
     with pytest.raises(sg.InvalidInputError, match="must have shape"):
         metric.update(image[:, :3], text[:, :3])
-    with pytest.raises(sg.InvalidInputError, match="more than k"):
-        metric.compute()
+    with pytest.warns(UserWarning, match="more than k"):
+        empty = metric.compute()
+    assert all(torch.isnan(empty[k]) for k in ("coverage", "variance_ratio", "cmmd"))
+    assert float(empty["pairs"]) == 0
+
+
+def test_a_tiny_forward_batch_gives_nan_and_keeps_the_state() -> None:
+    ref, image, text = _data()
+    metric = CollapseMetrics(ref)
+    metric.update(image[:50], text[:50], ids=range(50))
+    with pytest.warns(UserWarning, match="more than k"):
+        step = metric(image[50:53], text[50:53], ids=range(50, 53))  # 3 pairs <= k
+    assert torch.isnan(step["coverage"]) and float(step["pairs"]) == 3
+    metric.update(image[53:], text[53:], ids=range(53, 150))
+    _close(metric.compute(), generation_metrics(ref, image, text))
+
+
+def test_module_dtype_casts_keep_the_float64_state() -> None:
+    ref, image, text = _data()
+    holder = torch.nn.Module()
+    holder.metric = CollapseMetrics(ref)
+    holder.to(torch.bfloat16)  # what Lightning's "bf16-true" precision does
+    metric = holder.metric
+    assert metric.sums.dtype == torch.float64 and metric.sample.dtype == torch.int64
+    metric.update(image, text, ids=range(150))
+    _close(metric.compute(), generation_metrics(ref, image, text))
+    metric.reset()
+    assert metric.sums.dtype == torch.float64
 
 
 def _worker(rank: int, world: int, folder: str) -> None:

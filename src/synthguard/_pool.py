@@ -42,9 +42,10 @@ __all__ = [
     "pool_report",
 ]
 
-IMAGE_COLUMN, TEXT_COLUMN, ERROR_COLUMN = "image_embedding", "text_embedding", "embed_error"
+IMAGE_COLUMN, TEXT_COLUMN = "image_embedding", "text_embedding"
+ERROR_COLUMN, TRUNCATED_COLUMN = "embed_error", "embed_truncated"
 _CODES = tuple(ReasonCode)
-_COUNTS = ("samples", "relabeled")
+_COUNTS = ("samples", "relabeled", "truncated")
 
 
 def block_guard(
@@ -79,8 +80,14 @@ def decide_block(
     text = unit_rows_or_nan(TEXT_COLUMN, _matrix(batch[TEXT_COLUMN], dim), dim, image.shape[0])
     n = image.shape[0]
     ids = None if id_column is None else _column(batch, id_column)
-    labels = None if label_column is None else [int(v) for v in _column(batch, label_column)]
+    labels = None if label_column is None else _column(batch, label_column)
+    ids, labels = _ids_and_labels(n, ids, labels, id_column, label_column)
+    try:
+        guard._check_labels(labels)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"column {label_column!r}: {exc}") from exc
     given = list(batch.get(ERROR_COLUMN, [None] * n))
+    truncated = torch.as_tensor(np.asarray(batch.get(TRUNCATED_COLUMN, [False] * n), bool))
     errors: dict[int, ReasonCode] = {}
     details: dict[int, str] = {}
     for i in range(n):
@@ -90,8 +97,7 @@ def decide_block(
         elif bool(torch.isnan(image[i]).any() or torch.isnan(text[i]).any()):
             errors[i] = ReasonCode.ENCODING_FAILED
             details[i] = "the embedding is NaN, infinite or zero"
-    meta = _ids_and_labels(n, ids, labels)
-    report = guard._decide(image, text, meta[1], meta[0], errors, details, {})
+    report = guard._decide(image, text, labels, ids, errors, details, {}, truncated)
     out = dict(batch)
     out["sg_accepted"] = np.array([s.accepted for s in report.samples])
     out["sg_embedded"] = np.array([i not in errors for i in range(n)])
@@ -213,7 +219,8 @@ def block_state(
         for code in filter(None, str(joined).split(",")):
             reasons[_CODES.index(ReasonCode(code))] += 1
     relabeled = int(np.asarray(decided["sg_relabeled"], dtype=bool).sum())
-    state.embedded.update_counts("pool/counts", torch.tensor([n, relabeled]))
+    truncated = int(np.asarray(decided.get(TRUNCATED_COLUMN, [False] * n), dtype=bool).sum())
+    state.embedded.update_counts("pool/counts", torch.tensor([n, relabeled, truncated]))
     state.embedded.update_counts("pool/reasons", reasons)
     return state
 
@@ -224,7 +231,7 @@ def pool_report(guard: Guard, state: PoolState) -> GuardReport:
     ``samples`` is empty (the decisions are the dataset's columns); counts cover the pool.
     """
     cfg = guard.config
-    n, relabeled = (int(v) for v in state.embedded.counts("pool/counts"))
+    n, relabeled, truncated = (int(v) for v in state.embedded.counts("pool/counts"))
     if n == 0:
         raise InvalidInputError("the pool must contain at least one row; got 0")
     n_accepted, n_valid = state.accepted.n_pairs, state.embedded.image.count
@@ -260,7 +267,7 @@ def pool_report(guard: Guard, state: PoolState) -> GuardReport:
     )
     reasons = state.embedded.counts("pool/reasons")
     return make_report(
-        guard, summary, samples=(), n_relabeled=relabeled, n_truncated=0,
+        guard, summary, samples=(), n_relabeled=relabeled, n_truncated=truncated,
         rejects_by_reason={str(c): int(v) for c, v in zip(_CODES, reasons.tolist(), strict=True)
                            if v},
     )  # fmt: skip
@@ -292,9 +299,25 @@ def _column(batch: dict[str, Any], name: str) -> list[Any]:
 
 
 def _ids_and_labels(
-    n: int, ids: list[Any] | None, labels: list[int] | None
+    n: int,
+    ids: list[Any] | None,
+    labels: list[Any] | None,
+    id_column: str | None,
+    label_column: str | None,
 ) -> tuple[list[Any], list[int] | None]:
+    """Validated as a PairBatch validates them (and ids as the statistics key them), with
+    the column named in the error."""
     from synthguard.data import PairBatch
+    from synthguard.functional._hashing import hash_ids
 
-    meta = PairBatch([None] * n, [""] * n, labels=labels, ids=ids)
+    try:
+        meta = PairBatch([None] * n, [""] * n, labels=labels, ids=ids)
+    except InvalidInputError as exc:
+        column = label_column if str(exc).startswith("labels") else id_column
+        raise InvalidInputError(f"column {column!r}: {exc}") from exc
+    if ids is not None:
+        try:
+            hash_ids(meta.ids, n, 0)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"column {id_column!r}: {exc}") from exc
     return meta.ids, meta.labels

@@ -7,7 +7,8 @@ for one process, :class:`DistributedShard` across ranks. Both run the same code 
 global quantities, so a sharded check equals a single-process check of the rank-ordered
 concatenation: the same rows, in the same order, picked by the same seeded permutation.
 
-A distributed summary costs four collectives per check, whatever the batch size:
+A distributed summary costs four collectives per check, whatever the batch size (the fourth
+only with concept banks):
 
 1. ``all_gather`` of the per-rank row counts;
 2. ``all_gather`` of 8 int64 of metadata per row (id hash, flags, labels, a 4-number content
@@ -16,9 +17,11 @@ A distributed summary costs four collectives per check, whatever the batch size:
    add zeros): at most ``(2·max_batch_rows_accepted + max_batch_rows_dup) · d`` float64;
 4. ``all_reduce`` of the concept count tables (only with concept banks).
 
-Rows with an id already seen on an earlier rank (``DistributedSampler`` pads the last step with
-repeats) are counted once. Two ranks holding different content under one id is an error (the
-default ids ``0..n-1`` repeat on every rank; pass dataset indices as ids).
+Plus a one-integer ``all_reduce`` of the verdict (any rank's reject rejects for all). Rows
+with an id already seen on an earlier rank in the same check are counted once; one id with two
+contents, default ids, or labels on some ranks only are errors on every rank. A rank that fails
+before the first collective still joins it (with a count of -1), so the others raise instead
+of waiting.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthguard._errors import InvalidInputError
+from synthguard._errors import InvalidInputError, SynthGuardError
 from synthguard.functional._hashing import hash_ids
 
 __all__ = ["BatchSummary", "DistributedShard", "LocalShard", "summarise"]
 
-_VALID, _ACCEPTED, _FLAGGED = 1, 2, 4
+_VALID, _ACCEPTED, _FLAGGED, _LABELLED, _DEFAULT_IDS = 1, 2, 4, 8, 16
 _SIGNATURE = 4  # random projections of (image, text) that tell two contents apart
 _META = 4 + _SIGNATURE  # id hash, flags, label, carried label, signature bits
 #: Two rows with one id are the same sample when their signatures agree this well (unit rows:
@@ -74,6 +77,13 @@ class LocalShard:
         """Element-wise sum over ranks."""
         return values
 
+    def all_true(self, value: bool) -> bool:
+        """Whether ``value`` is true on every rank."""
+        return value
+
+    def fail(self) -> None:
+        """Tell the other ranks this one failed before :meth:`gather` (so none waits)."""
+
 
 class DistributedShard(LocalShard):
     """The batch is split across the ranks of a torch.distributed process group."""
@@ -87,13 +97,36 @@ class DistributedShard(LocalShard):
         if dist.get_backend(group) == "nccl":
             self.device = torch.device("cuda", torch.cuda.current_device())
 
+    def _sizes(self, n: int) -> list[int]:
+        import torch.distributed as dist
+
+        self.started = True
+        size = torch.tensor([n], dtype=torch.int64, device=self.device)
+        sizes = [torch.empty_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size, group=self.group)
+        return [int(s) for s in sizes]
+
+    def fail(self) -> None:
+        if not getattr(self, "started", False):
+            self._sizes(-1)  # the first collective every rank makes: a -1 says "failed"
+
+    def all_true(self, value: bool) -> bool:
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
+        return bool(flag.item())
+
     def gather(self, meta: torch.Tensor) -> tuple[torch.Tensor, int]:
         import torch.distributed as dist
 
-        size = torch.tensor([meta.shape[0]], dtype=torch.int64, device=self.device)
-        sizes = [torch.empty_like(size) for _ in range(self.world_size)]
-        dist.all_gather(sizes, size, group=self.group)
-        counts = [int(s) for s in sizes]
+        counts = self._sizes(meta.shape[0])
+        failed = [rank for rank, c in enumerate(counts) if c < 0]
+        if failed:
+            raise SynthGuardError(
+                f"rank(s) {failed} failed before the batch could be checked (their own error "
+                "says why); no rank accepted anything from this batch"
+            )
         padded = torch.zeros(max(counts), meta.shape[1], dtype=torch.int64, device=self.device)
         padded[: meta.shape[0]] = meta
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
@@ -149,6 +182,7 @@ def summarise(
     flagged: torch.Tensor,
     labels: Sequence[int] | None,
     carried: Sequence[int | None],
+    default_ids: bool,
     rows_for: Callable[[int], int],
     duplicate_rows_for: Callable[[int], int],
     min_rows: int,
@@ -164,6 +198,7 @@ def summarise(
         valid, accepted, flagged: ``[n]`` bool per sample.
         labels: given labels (``None`` without); ``carried``: the label each sample carries
             on after relabeling (``None`` entries without labels).
+        default_ids: the ids are the default ``0..n-1`` (refused across ranks).
         rows_for / duplicate_rows_for: the row count the distribution / duplicate tests use
             for a number of accepted / embeddable rows (0 or below ``min_rows``: skipped).
         seed: seeds the subsample above the caps.
@@ -173,13 +208,29 @@ def summarise(
     n = image.shape[0]
     meta = torch.zeros(n, _META, dtype=torch.int64)
     meta[:, 0] = torch.from_numpy(hash_ids(list(ids), n, 0).view(np.int64))
-    meta[:, 1] = valid.long() * _VALID + accepted.long() * _ACCEPTED + flagged.long() * _FLAGGED
+    meta[:, 1] = (
+        valid.long() * _VALID + accepted.long() * _ACCEPTED + flagged.long() * _FLAGGED
+        + (labels is not None) * _LABELLED + default_ids * _DEFAULT_IDS
+    )  # fmt: skip
     meta[:, 2] = torch.tensor(list(labels) if labels is not None else [-1] * n)
     meta[:, 3] = torch.tensor([-1 if c is None else c for c in carried], dtype=torch.int64)
     meta[:, 4:] = _signature(image, text).view(torch.int64)
     everyone, offset = shard.gather(meta)
-    counted = _first_occurrences(everyone)
     flags = everyone[:, 1]
+    # Decided on the gathered metadata, so every rank raises alike (none is left waiting).
+    if shard.world_size > 1 and bool((flags & _DEFAULT_IDS).any()):
+        raise InvalidInputError(
+            "ids must identify samples across ranks; got the default ids 0..n-1, which repeat "
+            "on every rank: pass the dataset indices (PairBatch(ids=...), "
+            "check_embeddings(ids=...))"
+        )
+    labelled = (flags & _LABELLED).bool()
+    if bool(labelled.any()) and not bool(labelled.all()):
+        raise InvalidInputError(
+            "labels must be given on every rank or on none; some ranks' batches have labels "
+            "and some do not"
+        )
+    counted = _first_occurrences(everyone)
     is_valid = counted & (flags & _VALID).bool()
     is_accepted = counted & (flags & _ACCEPTED).bool()
     valid_idx = torch.nonzero(is_valid).flatten()
@@ -201,7 +252,7 @@ def summarise(
     d = image.shape[1]
 
     label_counts = None
-    if labels is not None and num_labels is not None:
+    if bool(labelled.all()) and num_labels is not None:
         label_counts = torch.bincount(everyone[is_valid, 2], minlength=num_labels).double()
     mine = slice(offset, offset + n)
     local_accepted = torch.nonzero(is_accepted[mine]).flatten()
@@ -251,12 +302,12 @@ def _first_occurrences(meta: torch.Tensor) -> torch.Tensor:
             continue
         counted[row] = False
         a, b = signatures[first[key]], signatures[row]
-        both = bool(torch.isfinite(a).all() and torch.isfinite(b).all())
-        if both and float((a - b).abs().max()) > _SAME_CONTENT:
+        finite_a, finite_b = bool(torch.isfinite(a).all()), bool(torch.isfinite(b).all())
+        if finite_a != finite_b or (finite_a and float((a - b).abs().max()) > _SAME_CONTENT):
             raise InvalidInputError(
                 f"ids must identify samples across ranks: rows {first[key]} and {row} of the "
-                "rank-ordered batch share an id but differ in content (the default ids 0..n-1 "
-                "repeat on every rank: pass the dataset indices as PairBatch ids)"
+                "rank-ordered batch share an id but differ in content (or only one of them "
+                "could be embedded): pass the dataset indices as ids"
             )
     return counted
 

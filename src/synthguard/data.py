@@ -86,6 +86,12 @@ class PairBatch:
         object.__setattr__(self, "captions", caption_list)
         object.__setattr__(self, "labels", label_list)
         object.__setattr__(self, "ids", id_list)
+        object.__setattr__(self, "_ids_given", ids is not None)
+
+    @property
+    def ids_given(self) -> bool:
+        """Whether ids were passed (``False``: the default ``0..n-1``)."""
+        return bool(getattr(self, "_ids_given", True))
 
     def __len__(self) -> int:
         return len(self.images)

@@ -84,6 +84,12 @@ class Guard:
             c for c in self.config.sample_checks if c in reference.calibration.names
         )
         self.concept_banks = (*reference.concept_banks, *concept_banks)
+        groups = [g for bank in self.concept_banks for g in getattr(bank, "groups", ())]
+        repeated = sorted({g for g in groups if groups.count(g) > 1})
+        if repeated:
+            raise InvalidInputError(
+                f"concept bank group names must be unique across banks; {repeated} repeat"
+            )
         for bank in self.concept_banks:
             if not isinstance(bank, ConceptBank):
                 raise InvalidInputError(
@@ -126,9 +132,9 @@ class Guard:
                 per-sample decisions stay local, the batch tests see every rank's rows and
                 every rank gets the same batch verdict. Every rank must call ``check``
                 together. ``None`` (default) syncs when a process group of more than one rank
-                is initialised; ``False`` checks this rank's batch alone. Samples whose id an
-                earlier rank holds (``DistributedSampler`` padding) are counted once, so ids
-                must identify samples across ranks (use dataset indices).
+                is initialised; ``False`` checks this rank's batch alone. Ids must identify
+                samples across ranks (pass dataset indices; the defaults are refused); a row
+                whose id an earlier rank holds in the same check is counted once.
             group: the process group (default: the world).
         """
         if not isinstance(batch, PairBatch):
@@ -138,10 +144,27 @@ class Guard:
                 "this Guard has no encoder: pass encoder= (the reference was loaded without one "
                 "and records no spec), or use check_embeddings()"
             )
-        self._check_labels(batch.labels)
         shard = shard_for(sync, group)
         try:
-            emb = embed_pairs(self._encoder, batch)
+            self._check_labels(batch.labels)
+            emb = self._embed(batch)
+            dim = self.reference.stats.dim
+            image = unit_rows_or_nan("encoder image embeddings", emb.image, dim)
+            text = unit_rows_or_nan("encoder text embeddings", emb.text, dim)
+            caption_relabels = self._recaption(batch, image, text, emb.errors)
+            return self._decide(
+                image, text, batch.labels, batch.ids, dict(emb.errors),
+                dict(emb.error_details), caption_relabels, emb.truncated, shard,
+                default_ids=not batch.ids_given,
+            )  # fmt: skip
+        except BaseException:
+            shard.fail()  # before the first collective, the other ranks must not wait
+            raise
+
+    def _embed(self, batch: PairBatch) -> Any:
+        assert self._encoder is not None
+        try:
+            return embed_pairs(self._encoder, batch)
         except SynthGuardError:
             raise
         except Exception as exc:  # a user encoder's own failure: fail closed, typed
@@ -149,14 +172,6 @@ class Guard:
                 f"the encoder failed for the whole batch of {len(batch)} samples; nothing was "
                 f"accepted: {type(exc).__name__}: {exc}"
             ) from exc
-        dim = self.reference.stats.dim
-        image = unit_rows_or_nan("encoder image embeddings", emb.image, dim)
-        text = unit_rows_or_nan("encoder text embeddings", emb.text, dim)
-        caption_relabels = self._recaption(batch, image, text, emb.errors)
-        return self._decide(
-            image, text, batch.labels, batch.ids, dict(emb.errors), dict(emb.error_details),
-            caption_relabels, emb.truncated, shard,
-        )  # fmt: skip
 
     def check_embeddings(
         self,
@@ -174,22 +189,30 @@ class Guard:
         error; shapes, labels and ids are validated. ``sync`` and ``group`` are as in
         :meth:`check`.
         """
-        dim = self.reference.stats.dim
-        image = unit_rows_or_nan("image_embeddings", image_embeddings, dim)
-        if image.shape[0] == 0:
-            raise InvalidInputError("image_embeddings must have at least one row; got 0")
-        text = unit_rows_or_nan("text_embeddings", text_embeddings, dim, n=image.shape[0])
-        # Labels and ids are validated exactly as a PairBatch validates them.
-        meta = PairBatch([None] * image.shape[0], [""] * image.shape[0], labels=labels, ids=ids)
-        self._check_labels(meta.labels)
-        errors: dict[int, ReasonCode] = {}
-        details: dict[int, str] = {}
-        for name, x in (("image", image), ("text", text)):
-            for i in torch.nonzero(torch.isnan(x).any(dim=1)).flatten().tolist():
-                errors.setdefault(i, ReasonCode.ENCODING_FAILED)
-                details.setdefault(i, f"the {name} embedding is NaN, infinite or zero")
         shard = shard_for(sync, group)
-        return self._decide(image, text, meta.labels, meta.ids, errors, details, {}, None, shard)
+        try:
+            dim = self.reference.stats.dim
+            image = unit_rows_or_nan("image_embeddings", image_embeddings, dim)
+            if image.shape[0] == 0:
+                raise InvalidInputError("image_embeddings must have at least one row; got 0")
+            text = unit_rows_or_nan("text_embeddings", text_embeddings, dim, n=image.shape[0])
+            # Labels and ids are validated exactly as a PairBatch validates them.
+            n = image.shape[0]
+            meta = PairBatch([None] * n, [""] * n, labels=labels, ids=ids)
+            self._check_labels(meta.labels)
+            errors: dict[int, ReasonCode] = {}
+            details: dict[int, str] = {}
+            for name, x in (("image", image), ("text", text)):
+                for i in torch.nonzero(torch.isnan(x).any(dim=1)).flatten().tolist():
+                    errors.setdefault(i, ReasonCode.ENCODING_FAILED)
+                    details.setdefault(i, f"the {name} embedding is NaN, infinite or zero")
+            return self._decide(
+                image, text, meta.labels, meta.ids, errors, details, {}, None, shard,
+                default_ids=ids is None,
+            )  # fmt: skip
+        except BaseException:
+            shard.fail()
+            raise
 
     # -- internals -------------------------------------------------------------------------
 
@@ -239,8 +262,11 @@ class Guard:
         caption_relabels: dict[int, Relabel],
         truncated: torch.Tensor | None = None,
         shard: LocalShard | None = None,
+        *,
+        default_ids: bool = False,
     ) -> GuardReport:
         cfg, ref = self.config, self.reference
+        shard = shard or LocalShard()
         outcome = check_samples(
             ref, image, text, labels=labels if ref.has_labels else None, ids=ids, errors=errors,
             error_details=details, checks=self.checks, alpha=cfg.alpha,
@@ -251,19 +277,28 @@ class Guard:
         valid[list(errors)] = False
         names = ref.label_names
         summary = summarise(
-            shard or LocalShard(), image=image, text=text, ids=[d.id for d in decisions],
+            shard, image=image, text=text, ids=[d.id for d in decisions],
             valid=valid, accepted=torch.tensor([d.accepted for d in decisions]),
             flagged=outcome.flagged, labels=labels, carried=[d.new_label for d in decisions],
+            default_ids=default_ids,
             rows_for=self.rows_for, duplicate_rows_for=self.duplicate_rows_for,
             min_rows=cfg.min_batch_size, seed=cfg.seed,
             num_labels=None if names is None else len(names),
             concept_counter=self.count_concepts,
         )  # fmt: skip
-        return make_report(
+        report = make_report(
             self, summary, samples=decisions, n_relabeled=outcome.n_relabeled,
             rejects_by_reason=count_reasons(decisions),
             n_truncated=sum(d.truncated for d in decisions),
         )  # fmt: skip
+        # Every rank computed the verdict from the same rows; a last collective makes sure
+        # numerics (another BLAS, another GPU) did not split it: any reject rejects for all.
+        if summary.world_size > 1 and not shard.all_true(report.accepted):
+            reason = "another rank's verdict on the same rows was reject (numerical disagreement)"
+            report = report.model_copy(
+                update={"accepted": False, "reasons": (*report.reasons, reason)}
+            )
+        return report
 
     def rows_for(self, accepted: int) -> int:
         """Rows the distribution tests use for ``accepted`` accepted samples (0: too few)."""

@@ -14,15 +14,17 @@ verdict on the merged statistics. The decisions are new columns, ready for ``wri
     print(result.report.summary())
     result.decisions.filter(lambda row: row["sg_accepted"]).write_parquet("accepted/")
 
-Memory stays bounded: a block's statistics are ``O(d²)`` sums plus a bottom-k sample of
-``GuardConfig.max_batch_rows`` rows, whatever the pool size. Ray serialises them as
-safetensors bytes (no pickle of our state).
+The merged statistics stay bounded: a block's are ``O(d²)`` sums plus a bottom-k sample of
+``GuardConfig.max_batch_rows`` rows, whatever the pool size, and cross Ray as safetensors
+bytes (no pickle of our state). The decided dataset itself is materialised in Ray's object
+store (which spills to disk): drop columns you do not need before ``audit``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ from synthguard._pool import (
     ERROR_COLUMN,
     IMAGE_COLUMN,
     TEXT_COLUMN,
+    TRUNCATED_COLUMN,
     PoolSpec,
     PoolState,
     block_guard,
@@ -62,7 +65,8 @@ def embed(
     encoder_options: Mapping[str, Any] | None = None,
     **map_batches_kwargs: Any,
 ) -> Any:
-    """Add ``image_embedding``, ``text_embedding`` and ``embed_error`` columns to ``ds``.
+    """Add ``image_embedding``, ``text_embedding``, ``embed_error`` and ``embed_truncated``
+    (caption longer than the text context) columns to ``ds``.
 
     Args:
         ds: a :class:`ray.data.Dataset` with an image column (encoded bytes, paths or HWC
@@ -89,7 +93,9 @@ def embed(
     check_int("batch_size", batch_size, minimum=1)
     check_int("concurrency", concurrency, minimum=1)
     if num_gpus is None:
-        num_gpus = 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) else 0.0
+        if not ray.is_initialized():
+            ray.init()  # what Ray Data would do on first execution; GPUs are then known
+        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
     return ds.map_batches(
         _Embedder,
         fn_constructor_kwargs={
@@ -136,8 +142,10 @@ def audit(
         reference: the real-data reference.
         config: the guard's configuration.
         batch_size: rows per decision call (per-sample ``near_duplicate`` looks within it).
-        id_column: unique sample ids (keys of the pool's subsample); ``None`` keys rows by
-            content.
+        id_column: unique sample ids (keys of the pool's subsample). Recommended: with
+            ``None`` rows are keyed by content, so exact duplicate rows enter the tested
+            subsample together and the duplicate-rate test over-weights them (a warning
+            says so).
         label_column: integer class labels, if any.
         concurrency: actors in the decision pool.
     """
@@ -147,6 +155,13 @@ def audit(
         raise InvalidInputError(f"reference must be a Reference; got {describe(reference)}")
     check_int("batch_size", batch_size, minimum=1)
     check_int("concurrency", concurrency, minimum=1)
+    if id_column is None:
+        warnings.warn(
+            "audit without id_column keys rows by content: exact duplicate rows enter the "
+            "tested subsample together, over-weighting them in duplicate_rate; pass id_column",
+            UserWarning,
+            stacklevel=2,
+        )
     guard = block_guard(reference, config)
     spec = PoolSpec.of(guard)
     columns = {"id_column": id_column, "label_column": label_column}
@@ -157,7 +172,18 @@ def audit(
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
     ).materialize()  # fmt: skip
-    merged = decided.aggregate(_merge_stats(spec, **columns))[_AGGREGATE]
+    present = decided.columns() or []  # None: an empty dataset has no schema
+    if not present or decided.count() == 0:
+        raise InvalidInputError("ds must contain at least one row; got an empty dataset")
+    needed = [IMAGE_COLUMN, TEXT_COLUMN, *(c for c in (id_column, label_column) if c),
+              TRUNCATED_COLUMN if TRUNCATED_COLUMN in present else None,
+              *(c for c in present if c.startswith("sg_"))]  # fmt: skip
+    result = decided.select_columns([c for c in needed if c]).aggregate(
+        _merge_stats(spec, **columns)
+    )
+    if result is None:  # Ray's answer for an empty dataset
+        raise InvalidInputError("ds must contain at least one row; got an empty dataset")
+    merged = result[_AGGREGATE]
     verdict = block_guard(reference, config, per_sample_only=False)
     report = pool_report(verdict, PoolState.from_bytes(merged))
     return PoolAudit(report=report, decisions=decided)
@@ -192,6 +218,7 @@ class _Embedder:
         out[ERROR_COLUMN] = np.array(
             [str(emb.errors[i]) if i in emb.errors else "" for i in range(len(pairs))]
         )
+        out[TRUNCATED_COLUMN] = emb.truncated.numpy().astype(bool)
         return out
 
 

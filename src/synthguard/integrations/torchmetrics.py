@@ -25,6 +25,8 @@ and CMMD use the bottom-k sample (``sample_size`` rows, keyed by id).
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import torch
@@ -38,6 +40,10 @@ from synthguard.reference import Reference
 from synthguard.stats import EmbeddingStats
 
 __all__ = ["CollapseMetrics"]
+
+_METRICS = (
+    "variance_ratio", "vendi_ratio", "frechet_distance", "alignment_mean", "coverage", "cmmd",
+)  # fmt: skip
 
 
 class CollapseMetrics(Metric):
@@ -110,16 +116,28 @@ class CollapseMetrics(Metric):
         self.skipped += int((~keep).sum())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """The metrics of every row seen (all ranks under DDP)."""
+        """The metrics of every row seen (all ranks under DDP).
+
+        With ``k`` or fewer embeddable pairs (e.g. ``forward`` on a last, tiny batch) every
+        metric is NaN, with a warning, rather than an error that would lose the state.
+        """
         stats = self._empty()
         stats._load_flat_sums(self.sums.detach().cpu())
         unpack_samples(stats, [self.sample.detach().cpu()])
         ref = self.reference
         support = ref.support_image
         if stats.n_pairs <= ref.k:
-            raise InvalidInputError(
-                f"compute needs more than k={ref.k} embeddable pairs; got {stats.n_pairs}"
+            warnings.warn(
+                f"CollapseMetrics needs more than k={ref.k} embeddable pairs; got "
+                f"{stats.n_pairs}: the metrics are NaN",
+                UserWarning,
+                stacklevel=2,
             )
+            nan = torch.tensor(math.nan, dtype=torch.float64)
+            out = {name: nan.clone() for name in _METRICS}
+            out["pairs"] = torch.tensor(float(stats.n_pairs), dtype=torch.float64)
+            out["skipped"] = torch.tensor(float(self.skipped), dtype=torch.float64)
+            return out
         rows = stats.sample("image")
         count, align_sum, _ = stats.alignment_sums
         values = {
@@ -133,6 +151,16 @@ class CollapseMetrics(Metric):
             "skipped": float(self.skipped),
         }
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
+
+    def _apply(self, fn: Any, exclude_state: Any = ()) -> Any:
+        # ``module.to(torch.bfloat16)`` (Lightning's "bf16-true") would cast every floating
+        # state: the float64 sums must keep their dtype. Only their device follows.
+        mine = ("sums", "sample", "skipped")
+        this: Any = super()._apply(fn, exclude_state=(*exclude_state, *mine))
+        for name in mine:
+            setattr(this, name, getattr(this, name).to(this.device))
+            this._defaults[name] = this._defaults[name].to(this.device)
+        return this
 
     def _empty(self) -> EmbeddingStats:
         return EmbeddingStats(
