@@ -179,3 +179,9 @@ def test_sync_is_refused_in_a_dataloader_worker(reference_file: Path) -> None:
     guard = sg.Guard(sg.Reference.load(reference_file), CONFIG)
     loader = torch.utils.data.DataLoader(_SyncInLoader(guard), num_workers=1, batch_size=None)
     assert "cannot run in a DataLoader worker" in next(iter(loader))
+
+
+def test_concept_group_names_must_be_unique_across_banks(reference_file: Path) -> None:
+    ref = sg.Reference.load(reference_file)
+    with pytest.raises(sg.InvalidInputError, match=r"group names must be unique.*\['digit'\]"):
+        sg.Guard(ref, CONFIG, concept_banks=ref.concept_banks)  # the saved bank, twice
