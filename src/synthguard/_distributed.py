@@ -18,7 +18,13 @@ from synthguard._errors import InvalidInputError
 if TYPE_CHECKING:
     from synthguard.stats import EmbeddingStats
 
-__all__ = ["all_reduce_stats", "merge_packed", "pack_samples", "unpack_samples"]
+__all__ = [
+    "all_reduce_stats",
+    "collective_device",
+    "merge_packed",
+    "pack_samples",
+    "unpack_samples",
+]
 
 _MODALITIES = ("image", "text")
 _SUFFIXES = ("", "_keys", "_tiebreak", "_labels")
@@ -33,9 +39,7 @@ def all_reduce_stats(stats: EmbeddingStats, group: Any = None) -> EmbeddingStats
             "all_reduce needs an initialised torch.distributed process group "
             "(torch.distributed.init_process_group); none is"
         )
-    device = torch.device("cpu")
-    if dist.get_backend(group) == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = collective_device(group)
     flat = stats._flat_sums().to(device)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     stats._load_flat_sums(flat.cpu())
@@ -45,6 +49,15 @@ def all_reduce_stats(stats: EmbeddingStats, group: Any = None) -> EmbeddingStats
         dist.all_gather(gathered, packed, group=group)
         unpack_samples(stats, [g.cpu() for g in gathered])
     return stats
+
+
+def collective_device(group: Any = None) -> torch.device:
+    """Where collectives' tensors must live: the current CUDA device for NCCL, else CPU."""
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def pack_samples(stats: EmbeddingStats) -> torch.Tensor:

@@ -25,7 +25,7 @@ from synthguard._reasons import ReasonCode
 from synthguard._shards import BatchSummary
 from synthguard._validation import unit_rows_or_nan
 from synthguard._verdict import make_report
-from synthguard.guard import Guard
+from synthguard.guard import Guard, mark_unembedded
 from synthguard.policy import GuardConfig
 from synthguard.reference import Reference
 from synthguard.report import GuardReport
@@ -94,9 +94,7 @@ def decide_block(
         if given[i]:
             errors[i] = ReasonCode(str(given[i]))
             details[i] = "could not be embedded (integrations.ray.embed)"
-        elif bool(torch.isnan(image[i]).any() or torch.isnan(text[i]).any()):
-            errors[i] = ReasonCode.ENCODING_FAILED
-            details[i] = "the embedding is NaN, infinite or zero"
+    mark_unembedded(image, text, errors, details)
     report = guard._decide(image, text, labels, ids, errors, details, {}, truncated)
     out = dict(batch)
     out["sg_accepted"] = np.array([s.accepted for s in report.samples])

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthguard._distributed import collective_device
 from synthguard._errors import InvalidInputError, SynthGuardError
 from synthguard.functional._hashing import hash_ids
 
@@ -93,9 +94,7 @@ class DistributedShard(LocalShard):
 
         self.group = group
         self.world_size = dist.get_world_size(group)
-        self.device = torch.device("cpu")
-        if dist.get_backend(group) == "nccl":
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = collective_device(group)
 
     def _sizes(self, n: int) -> list[int]:
         import torch.distributed as dist
@@ -325,12 +324,7 @@ def _fetch(
         part = torch.zeros(indices.numel(), local.shape[1], dtype=torch.float64)
         part[mine] = local[indices[mine] - offset].double()
         parts.append(part)
-    flat = shard.sum(torch.cat([p.reshape(-1) for p in parts]))
-    out, start = [], 0
-    for part in parts:
-        out.append(flat[start : start + part.numel()].reshape(part.shape))
-        start += part.numel()
-    return out
+    return _sum_together(shard, parts)
 
 
 def _sum_tables(shard: LocalShard, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -338,10 +332,15 @@ def _sum_tables(shard: LocalShard, tables: dict[str, torch.Tensor]) -> dict[str,
     if shard.world_size == 1 or not tables:
         return tables
     names = sorted(tables)
-    flat = shard.sum(torch.cat([tables[k].reshape(-1).to(torch.int64) for k in names]))
-    out, start = {}, 0
-    for name in names:
-        size = tables[name].numel()
-        out[name] = flat[start : start + size].reshape(tables[name].shape)
-        start += size
+    summed = _sum_together(shard, [tables[k].to(torch.int64) for k in names])
+    return dict(zip(names, summed, strict=True))
+
+
+def _sum_together(shard: LocalShard, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over ranks, all in one collective (one dtype)."""
+    flat = shard.sum(torch.cat([p.reshape(-1) for p in parts]))
+    out, start = [], 0
+    for part in parts:
+        out.append(flat[start : start + part.numel()].reshape(part.shape))
+        start += part.numel()
     return out

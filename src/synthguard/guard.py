@@ -202,10 +202,7 @@ class Guard:
             self._check_labels(meta.labels)
             errors: dict[int, ReasonCode] = {}
             details: dict[int, str] = {}
-            for name, x in (("image", image), ("text", text)):
-                for i in torch.nonzero(torch.isnan(x).any(dim=1)).flatten().tolist():
-                    errors.setdefault(i, ReasonCode.ENCODING_FAILED)
-                    details.setdefault(i, f"the {name} embedding is NaN, infinite or zero")
+            mark_unembedded(image, text, errors, details)
             return self._decide(
                 image, text, meta.labels, meta.ids, errors, details, {}, None, shard,
                 default_ids=ids is None,
@@ -337,3 +334,14 @@ def _cap(n: int, *limits: int) -> int:
     """The largest grid size not above ``n`` or any limit (0 when below the grid)."""
     top = min(n, *limits)
     return max((g for g in _GRID if g <= top), default=0)
+
+
+def mark_unembedded(
+    image: torch.Tensor, text: torch.Tensor, errors: dict[int, ReasonCode],
+    details: dict[int, str],
+) -> None:  # fmt: skip
+    """Add ``encoding_failed`` for NaN rows (from :func:`unit_rows_or_nan`) not yet marked."""
+    for name, x in (("image", image), ("text", text)):
+        for i in torch.nonzero(torch.isnan(x).any(dim=1)).flatten().tolist():
+            errors.setdefault(i, ReasonCode.ENCODING_FAILED)
+            details.setdefault(i, f"the {name} embedding is NaN, infinite or zero")
