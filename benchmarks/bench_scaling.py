@@ -128,7 +128,7 @@ def bench_distributed(sizes: list[int], repeats: int) -> dict[str, Any]:
 def all_reduce_bytes(dim: int, sample_size: int, world: int) -> dict[str, int]:
     """Bytes one rank contributes to ``EmbeddingStats.all_reduce`` (sums, then samples)."""
     stats = sg.EmbeddingStats(dim, sample_size=sample_size)
-    return {"sums": stats._flat_sums().numel() * 8, "samples": 2 * sample_size * (dim + 4) * 8,
+    return {"sums": stats.flat_sums().numel() * 8, "samples": 2 * sample_size * (dim + 4) * 8,
             "world": world}  # fmt: skip
 
 
@@ -209,7 +209,7 @@ def bench_ray_audit(rows: int, batch: int, support: int) -> dict[str, Any]:
     """The steps of ``integrations.ray.audit`` (timed one by one) on d = 512 embeddings."""
     import ray
 
-    from synthguard._pool import PoolSpec, PoolState, block_guard, pool_report
+    from synthguard.guard._pool import PoolSpec, PoolState, block_plan, pool_report
     from synthguard.integrations import ray as sg_ray
 
     class Decider(sg_ray._Decider):
@@ -224,9 +224,9 @@ def bench_ray_audit(rows: int, batch: int, support: int) -> dict[str, Any]:
         override_num_blocks=max(4, rows // batch),
     ).materialize()  # fmt: skip
     config = sg.GuardConfig(n_resamples=999, max_batch_rows=512)
-    verdict = block_guard(ref, config, per_sample_only=False)
-    spec = PoolSpec.of(block_guard(ref, config))
-    blob = ray.put(sg_ray._reference_bytes(ref))
+    verdict = block_plan(ref, config, per_sample_only=False)
+    spec = PoolSpec.of(block_plan(ref, config))
+    blob = ray.put(ref.to_bytes())
     results: dict[str, Any] = {}
     null_s = 0.0
     for workers in (1, 2):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from synthguard import functional as F
-from synthguard._calibration import (
+from synthguard.checks import (
     BATCH_TESTS,
     RESAMPLED_TESTS,
     BatchContext,
@@ -26,8 +26,8 @@ from synthguard._calibration import (
     holm,
     kth_distance,
     max_cosine,
-    rbf_kernel,
 )
+from synthguard.functional.mmd import rbf_kernel
 from synthguard.stats import Moments
 
 
@@ -149,7 +149,11 @@ def _context(
     rows = support[:cmmd_rows]
     return BatchContext(
         moments=Moments.from_embeddings(support),
-        align_sum=float(F.alignment(support, text).sum()),
+        alignment=(
+            support.shape[0],
+            float(F.alignment(support, text).sum()),
+            float((F.alignment(support, text) ** 2).sum()),
+        ),
         accepted=torch.ones(support.shape[0], dtype=torch.bool),
         support=support,
         coverage_rows=support.shape[0],
@@ -173,6 +177,10 @@ def test_batch_values_match_functional_and_peer_packages() -> None:
         F.total_variance(batch_img) / F.total_variance(support)
     )
     assert values["vendi_ratio"] == pytest.approx(F.vendi_score(batch_img) / F.vendi_score(support))
+    batch_cos, support_cos = F.alignment(batch_img, batch_txt), F.alignment(support, support_txt)
+    assert values["alignment_variance"] == pytest.approx(
+        float(np.var(batch_cos.numpy()) / np.var(support_cos.numpy()))
+    )
     peer = prdc_package.compute_prdc(
         real_features=support.numpy(), fake_features=batch_img.numpy(), nearest_k=5
     )
@@ -198,6 +206,10 @@ def test_excluded_rows_leave_the_reference_exactly() -> None:
         F.total_variance(img) / F.total_variance(support[rest])
     )
     assert values["vendi_ratio"] == pytest.approx(F.vendi_score(img) / F.vendi_score(support[rest]))
+    rest_cos = F.alignment(support[rest], support_txt[rest]).numpy()
+    assert values["alignment_variance"] == pytest.approx(
+        float(np.var(F.alignment(img, txt).numpy()) / np.var(rest_cos))
+    )
     # FD against the complement's own moments (sums minus the excluded rows)
     assert values["frechet_distance"] == pytest.approx(F.frechet_distance(img, support[rest]))
     keep_cmmd = rest[:50]
@@ -236,7 +248,7 @@ def test_resampled_null_calibrates_false_alarms_on_fresh_real_batches() -> None:
         img, txt = draw(40)
         values = batch_values(ctx, img, txt)
         for j, name in enumerate(RESAMPLED_TESTS[:-1]):  # the duplicate rate is 0 here
-            fails[j] += empirical_p(null[:, j], values[name], BATCH_TESTS[name]) <= level
+            fails[j] += empirical_p(null[:, j], values[name], BATCH_TESTS[name].direction) <= level
     rates = fails / trials
     for j, name in enumerate(RESAMPLED_TESTS[:-1]):
         # level 0.1 with 150 trials: sd 0.025; allow 3 sd above, and the test must fire at all

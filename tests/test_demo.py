@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthguard._demo.run import run_demo
+from synthguard.cli._demo._run import run_demo
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import torch
 
 import synthguard as sg
 from _digits import TEMPLATE, digits_reference
-from synthguard._pool import PoolSpec, block_guard, block_state, decide_block, pool_report
+from synthguard.guard._pool import PoolSpec, block_plan, block_state, decide_block, pool_report
 from synthguard.datasets import DIGITS_CONCEPT_BANK, load_digits
 from synthguard.encoders import embed_pairs
 
@@ -112,14 +112,14 @@ def test_audit_equals_the_same_steps_in_one_process(
     # One process: the same blocks (Ray's batches are its 30-row blocks), merged in reverse.
     blocks = [dict(b) for b in embedded.iter_batches(batch_size=None, batch_format="numpy")]
     assert all(len(b["id"]) == BLOCK for b in blocks)
-    guard = block_guard(reference, CONFIG)
-    spec = PoolSpec.of(guard)
-    decided = [decide_block(guard, b, **columns) for b in blocks]
+    plan = block_plan(reference, CONFIG)
+    spec = PoolSpec.of(plan)
+    decided = [decide_block(plan, b, **columns) for b in blocks]
     states = [block_state(spec, d, **columns) for d in decided]
     merged = states[-1]
     for state in reversed(states[:-1]):
         merged = merged.merge(state)
-    want = pool_report(block_guard(reference, CONFIG, per_sample_only=False), merged).to_dict()
+    want = pool_report(block_plan(reference, CONFIG, per_sample_only=False), merged).to_dict()
     got = result.report.to_dict()
     assert want["metrics"]["frechet_distance"]["passed"] is not None  # the tests ran
     for name in ("accepted", "n_samples", "n_accepted", "rejects_by_reason", "n_relabeled",
@@ -149,30 +149,30 @@ def test_a_mode_collapsed_pool_is_rejected_in_blocks(reference: sg.Reference, di
     assert reference.encoder is not None
     image = reference.encoder.encode_images([digits.images[i] for i in threes])
     text = reference.encoder.encode_texts([digits.captions[i] for i in threes])
-    guard = block_guard(reference, CONFIG)
-    spec = PoolSpec.of(guard)
+    plan = block_plan(reference, CONFIG)
+    spec = PoolSpec.of(plan)
     merged = None
     for start in range(0, len(threes), 15):
         block = {"image_embedding": image[start : start + 15].numpy(),
                  "text_embedding": text[start : start + 15].numpy(),
                  "id": np.array([digits.ids[i] for i in threes[start : start + 15]])}  # fmt: skip
-        state = block_state(spec, decide_block(guard, block, id_column="id", label_column=None),
+        state = block_state(spec, decide_block(plan, block, id_column="id", label_column=None),
                             id_column="id", label_column=None)  # fmt: skip
         merged = state if merged is None else merged.merge(state)
     assert merged is not None
-    report = pool_report(block_guard(reference, CONFIG, per_sample_only=False), merged)
+    report = pool_report(block_plan(reference, CONFIG, per_sample_only=False), merged)
     assert not report.accepted
     assert any(name in ("variance_ratio", "vendi_ratio", "coverage")
                for name in (m.name for m in report.failed_tests))  # fmt: skip
 
 
 def test_pool_state_round_trips_through_safetensors_bytes(reference: sg.Reference) -> None:
-    guard = block_guard(reference, CONFIG)
-    spec = PoolSpec.of(guard)
+    plan = block_plan(reference, CONFIG)
+    spec = PoolSpec.of(plan)
     g = torch.Generator().manual_seed(0)
     block = {"image_embedding": torch.randn(12, spec.dim, generator=g).numpy(),
              "text_embedding": torch.randn(12, spec.dim, generator=g).numpy()}  # fmt: skip
-    state = block_state(spec, decide_block(guard, block, id_column=None, label_column=None),
+    state = block_state(spec, decide_block(plan, block, id_column=None, label_column=None),
                         id_column=None, label_column=None)  # fmt: skip
     again = type(state).from_bytes(state.to_bytes())
     for a, b in ((state.accepted, again.accepted), (state.embedded, again.embedded)):
@@ -181,20 +181,20 @@ def test_pool_state_round_trips_through_safetensors_bytes(reference: sg.Referenc
 
 
 def test_bad_id_and_label_columns_are_named_in_the_error(reference: sg.Reference) -> None:
-    guard = block_guard(reference, CONFIG)
+    plan = block_plan(reference, CONFIG)
     g = torch.Generator().manual_seed(0)
     block = {"image_embedding": torch.randn(4, reference.stats.dim, generator=g).numpy(),
              "text_embedding": torch.randn(4, reference.stats.dim, generator=g).numpy(),
              "id": np.array([0.5, 1.5, 2.5, 3.5]), "label": np.array([1.0, np.nan, 2.0, 3.0]),
              "big": np.array([1, 2, 99, 3])}  # fmt: skip
     with pytest.raises(sg.InvalidInputError, match="column 'label': labels\\[0\\] must be an int"):
-        decide_block(guard, block, id_column=None, label_column="label")
+        decide_block(plan, block, id_column=None, label_column="label")
     with pytest.raises(sg.InvalidInputError, match="column 'big': labels\\[2\\] must be a class"):
-        decide_block(guard, block, id_column=None, label_column="big")
+        decide_block(plan, block, id_column=None, label_column="big")
     with pytest.raises(sg.InvalidInputError, match="column 'id': ids\\[0\\] must be an int"):
-        decide_block(guard, block, id_column="id", label_column=None)
+        decide_block(plan, block, id_column="id", label_column=None)
     with pytest.raises(sg.InvalidInputError, match="column 'nope' is not in the dataset"):
-        decide_block(guard, block, id_column="nope", label_column=None)
+        decide_block(plan, block, id_column="nope", label_column=None)
 
 
 @pytest.mark.slow

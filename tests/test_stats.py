@@ -218,14 +218,14 @@ def test_state_dict_validation() -> None:
 
 def test_flat_sums_round_trip() -> None:
     stats = build(make_batches(6, 4, "int"))
-    flat = stats._flat_sums()
+    flat = stats.flat_sums()
     assert flat.dtype == torch.float64 and flat.ndim == 1
     assert flat.numel() == sum(t.numel() for t in stats._sum_fields().values())
     copy = EmbeddingStats.from_state_dict(stats.state_dict())
-    copy._load_flat_sums(flat * 2)  # what an all-reduce over two identical ranks would give
+    copy.load_flat_sums(flat * 2)  # what an all-reduce over two identical ranks would give
     assert copy.image.count == 2 * stats.image.count
     with pytest.raises(InvalidInputError, match="flat must have"):
-        copy._load_flat_sums(torch.cat([flat, flat[:1]]))
+        copy.load_flat_sums(torch.cat([flat, flat[:1]]))
 
 
 def test_merge_fingerprints_and_config() -> None:

@@ -17,8 +17,9 @@ from synthguard._errors import (
     SynthGuardError,
 )
 from synthguard._reasons import ReasonCode
+from synthguard.batch import PairBatch
 from synthguard.concepts import ConceptBank, ConceptDrift
-from synthguard.data import PairBatch
+from synthguard.config import GuardConfig
 from synthguard.encoders import (
     BatchedEncoder,
     CaptionTruncatedWarning,
@@ -29,7 +30,6 @@ from synthguard.encoders import (
 )
 from synthguard.guard import Guard
 from synthguard.monitor import CollapseAlert, CollapseMonitor
-from synthguard.policy import GuardConfig
 from synthguard.reference import Reference
 from synthguard.report import GuardReport, MetricResult, SampleDecision
 from synthguard.stats import EmbeddingStats

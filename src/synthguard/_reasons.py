@@ -32,6 +32,8 @@ class ReasonCode(str, Enum):
     """The image is farther from the real reference (k-NN distance) than real samples are."""
     REFERENCE_COPY = "reference_copy"
     """The image is closer to a reference image than real samples get: a likely copy."""
+    LONG_CAPTION = "long_caption"
+    """The caption has more tokens than real captions get (opt-in check ``long_caption``)."""
 
     def __str__(self) -> str:
         return self.value

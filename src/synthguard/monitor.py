@@ -22,14 +22,7 @@ from scipy import stats as scipy_stats
 from synthguard._errors import CorruptFileError, InvalidInputError
 from synthguard._io import atomic_write_text
 from synthguard._validation import check_float, check_int, describe
-from synthguard.functional import (
-    alignment,
-    cmmd,
-    frechet_distance,
-    prdc,
-    total_variance,
-    vendi_score,
-)
+from synthguard.functional import collapse_metrics
 from synthguard.reference import Reference
 from synthguard.report import GuardReport
 
@@ -45,12 +38,19 @@ COLLAPSE_DIRECTIONS: dict[str, Literal["down", "up"]] = {
 }
 
 
+#: What :func:`generation_metrics` reports, from :func:`~synthguard.functional.collapse_metrics`.
+GENERATION_METRICS = (
+    "variance_ratio", "vendi_ratio", "coverage", "frechet_distance", "cmmd", "alignment_mean",
+)  # fmt: skip
+
+
 def generation_metrics(reference: Reference, image: Any, text: Any) -> dict[str, float]:
     """Collapse metrics of one generation's embeddings against the reference support.
 
     ``variance_ratio`` (total variance), ``vendi_ratio``, ``coverage`` (k-NN balls of the
-    reference support hit), ``frechet_distance``, ``cmmd`` (against up to 1,000 support rows)
-    and ``alignment_mean``. Rows that are NaN (unembeddable samples) are left out.
+    reference's coverage rows hit), ``frechet_distance``, ``cmmd`` (against the reference's
+    CMMD rows) and ``alignment_mean``: :func:`synthguard.functional.collapse_metrics` against
+    :meth:`Reference.collapse_reference`. Rows that are NaN (unembeddable samples) are left out.
     """
     img = torch.as_tensor(image, dtype=torch.float64)
     txt = torch.as_tensor(text, dtype=torch.float64)
@@ -60,15 +60,8 @@ def generation_metrics(reference: Reference, image: Any, text: Any) -> dict[str,
         raise InvalidInputError(
             f"image must have more than k={reference.k} embeddable rows; got {img.shape[0]}"
         )
-    support = reference.support_image
-    return {
-        "variance_ratio": total_variance(img) / total_variance(support),
-        "vendi_ratio": vendi_score(img) / vendi_score(support),
-        "coverage": prdc(support, img, k=reference.k).coverage,
-        "frechet_distance": frechet_distance(img, support),
-        "cmmd": cmmd(img, support[:1000]),
-        "alignment_mean": float(alignment(img, txt).mean()),
-    }
+    metrics = collapse_metrics(img, txt, reference.collapse_reference())
+    return {name: metrics[name] for name in GENERATION_METRICS}
 
 
 class Trend(BaseModel):

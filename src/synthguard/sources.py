@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from synthguard._errors import InvalidInputError
 from synthguard._io import atomic_path, staging_dir
-from synthguard.data import PairBatch
+from synthguard.batch import PairBatch
 
 __all__ = ["SourceKind", "detect_kind", "read_pairs", "write_pairs"]
 

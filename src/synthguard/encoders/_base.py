@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
-from synthguard.data import PairBatch
+from synthguard.batch import PairBatch
 
 __all__ = [
     "Encoder",

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from synthguard._errors import EncoderError, InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._validation import check_int
-from synthguard.data import PairBatch, as_sample_list
+from synthguard.batch import PairBatch, as_sample_list
 from synthguard.encoders._backend import ModelBackend, hash_state_dict
 from synthguard.encoders._base import EncoderFingerprint, OnError, PairEmbeddings, check_caption
 from synthguard.encoders._base import Failure as _Failure

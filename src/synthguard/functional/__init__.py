@@ -1,4 +1,4 @@
-"""Pure metric functions on embeddings (DESIGN.md §4): no models, no state, float64 throughout.
+"""Pure metric functions on embeddings (docs/design.md): no models, no state, float64 throughout.
 
 Inputs are ``[n, d]`` torch tensors or numpy arrays; the metrics that are functions of sums
 (diversity, centroid shift, Fréchet distance) also take :class:`~synthguard.stats.Moments` or
@@ -18,6 +18,11 @@ from synthguard.functional.alignment import (
     alignment,
     alignment_summary,
     clip_score,
+)
+from synthguard.functional.collapse import (
+    CollapseReference,
+    collapse_metrics,
+    collapse_reference,
 )
 from synthguard.functional.diversity import (
     effective_rank,
@@ -47,6 +52,7 @@ __all__ = [
     "AlignmentSummary",
     "CaptionStats",
     "CentroidShift",
+    "CollapseReference",
     "LabelDrift",
     "PRDCResult",
     "PermutationTestResult",
@@ -56,6 +62,8 @@ __all__ = [
     "centroid_shift",
     "clip_score",
     "cmmd",
+    "collapse_metrics",
+    "collapse_reference",
     "content_hash",
     "effective_rank",
     "exact_duplicates",

@@ -21,7 +21,7 @@ from synthguard._validation import (
     normalize_rows,
 )
 from synthguard.functional._common import DEFAULT_BLOCK_SIZE, check_block_size
-from synthguard.functional._hashing import content_hash
+from synthguard.stats._hashing import content_hash
 
 __all__ = ["content_hash", "exact_duplicates", "near_duplicates"]
 

@@ -20,7 +20,7 @@ from synthguard._validation import (
 )
 from synthguard.functional._common import DEFAULT_BLOCK_SIZE, check_block_size, sq_dists
 
-__all__ = ["PermutationTestResult", "cmmd", "mmd2_unbiased", "mmd_permutation_test"]
+__all__ = ["PermutationTestResult", "cmmd", "mmd2_unbiased", "mmd_permutation_test", "rbf_kernel"]
 
 CMMD_SCALE = 1000.0
 
@@ -67,6 +67,16 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor | None, gamma: float, block: in
             d2.diagonal(offset=start).zero_()
         total += torch.exp(d2.mul_(-gamma)).sum()
     return float(total)
+
+
+def rbf_kernel(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``exp(−‖a_i − b_j‖² / 2σ²)`` (the CMMD kernel) as a ``[len(a), len(b)]`` matrix.
+
+    For blocks the caller bounds (a batch against a reference sample); whole data sets go
+    through the blockwise sums of :func:`cmmd`.
+    """
+    d2 = sq_dists(a, b, (a * a).sum(dim=1), (b * b).sum(dim=1))
+    return torch.exp(d2.mul_(-1.0 / (2.0 * sigma * sigma)))
 
 
 def cmmd(x: Any, y: Any, *, sigma: float = 10.0, block_size: int = DEFAULT_BLOCK_SIZE) -> float:

@@ -22,8 +22,6 @@ store (which spills to disk): drop columns you do not need before ``audit``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,21 +30,21 @@ from typing import Any
 import numpy as np
 
 from synthguard._errors import InvalidInputError
-from synthguard._pool import (
+from synthguard._validation import check_int, describe
+from synthguard.batch import PairBatch
+from synthguard.config import GuardConfig
+from synthguard.guard._pool import (
     ERROR_COLUMN,
     IMAGE_COLUMN,
     TEXT_COLUMN,
     TRUNCATED_COLUMN,
     PoolSpec,
     PoolState,
-    block_guard,
+    block_plan,
     block_state,
     decide_block,
     pool_report,
 )
-from synthguard._validation import check_int, describe
-from synthguard.data import PairBatch
-from synthguard.policy import GuardConfig
 from synthguard.reference import Reference
 from synthguard.report import GuardReport
 
@@ -162,10 +160,9 @@ def audit(
             UserWarning,
             stacklevel=2,
         )
-    guard = block_guard(reference, config)
-    spec = PoolSpec.of(guard)
+    spec = PoolSpec.of(block_plan(reference, config))
     columns = {"id_column": id_column, "label_column": label_column}
-    blob = ray.put(_reference_bytes(reference))
+    blob = ray.put(reference.to_bytes())
     decided = ds.map_batches(
         _Decider,
         fn_constructor_kwargs={"reference": blob, "config": config, **columns},
@@ -184,7 +181,7 @@ def audit(
     if result is None:  # Ray's answer for an empty dataset
         raise InvalidInputError("ds must contain at least one row; got an empty dataset")
     merged = result[_AGGREGATE]
-    verdict = block_guard(reference, config, per_sample_only=False)
+    verdict = block_plan(reference, config, per_sample_only=False)
     report = pool_report(verdict, PoolState.from_bytes(merged))
     return PoolAudit(report=report, decisions=decided)
 
@@ -232,11 +229,11 @@ class _Decider:
         import ray
 
         blob = reference if isinstance(reference, bytes) else ray.get(reference)
-        self.guard = block_guard(_reference_from_bytes(blob), config)
+        self.plan = block_plan(Reference.from_bytes(blob), config)
         self.columns = {"id_column": id_column, "label_column": label_column}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        return decide_block(self.guard, batch, **self.columns)
+        return decide_block(self.plan, batch, **self.columns)
 
 
 _AGGREGATE = "synthguard_pool_state"
@@ -264,17 +261,3 @@ def _merge_stats(spec: PoolSpec, id_column: str | None, label_column: str | None
             return PoolState.from_bytes(current).merge(PoolState.from_bytes(new)).to_bytes()
 
     return MergeStats()
-
-
-def _reference_bytes(reference: Reference) -> bytes:
-    with tempfile.TemporaryDirectory() as folder:
-        path = reference.save(os.path.join(folder, "reference.safetensors"))
-        return path.read_bytes()
-
-
-def _reference_from_bytes(blob: bytes) -> Reference:
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "reference.safetensors")
-        with open(path, "wb") as handle:
-            handle.write(blob)
-        return Reference.load(path)

@@ -23,7 +23,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from synthguard._errors import InvalidInputError
 from synthguard._validation import check_int, describe
-from synthguard.data import PairBatch
+from synthguard.batch import PairBatch
 from synthguard.guard import Guard
 from synthguard.report import GuardReport
 

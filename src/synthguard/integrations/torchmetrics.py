@@ -32,10 +32,9 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from synthguard._distributed import merge_packed, pack_samples, unpack_samples
 from synthguard._errors import InvalidInputError
 from synthguard._validation import check_int, describe, unit_rows_or_nan
-from synthguard.functional import cmmd, frechet_distance, prdc, total_variance, vendi_score
+from synthguard.functional import collapse_metrics
 from synthguard.reference import Reference
 from synthguard.stats import EmbeddingStats
 
@@ -52,7 +51,8 @@ class CollapseMetrics(Metric):
     ``compute()`` returns a dict of scalar tensors: ``variance_ratio``, ``vendi_ratio``,
     ``frechet_distance``, ``alignment_mean`` (all rows), ``coverage``, ``cmmd`` (the
     bottom-k sample), ``pairs`` (rows counted) and ``skipped`` (NaN, infinite or zero rows,
-    left out and counted). The same definitions as
+    left out and counted): :func:`synthguard.functional.collapse_metrics` against
+    :meth:`Reference.collapse_reference() <synthguard.Reference.collapse_reference>`, as
     :func:`synthguard.monitor.generation_metrics`.
 
     Args:
@@ -91,8 +91,8 @@ class CollapseMetrics(Metric):
         self.sample_size = check_int("sample_size", sample_size, minimum=reference.k + 1)
         self.seed = check_int("seed", seed, minimum=0)
         template = self._empty()
-        self.add_state("sums", default=template._flat_sums(), dist_reduce_fx="sum")
-        self.add_state("sample", default=pack_samples(template), dist_reduce_fx=self._merge)
+        self.add_state("sums", default=template.flat_sums(), dist_reduce_fx="sum")
+        self.add_state("sample", default=template.pack_samples(), dist_reduce_fx=self._merge)
         self.add_state("skipped", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, image_embeddings: Any, text_embeddings: Any, ids: Any = None) -> None:
@@ -111,8 +111,8 @@ class CollapseMetrics(Metric):
                 )
             kept_ids = [v for v, k in zip(all_ids, keep.tolist(), strict=True) if k]
         batch = self._empty().update(image[keep], text[keep], ids=kept_ids)
-        self.sums += batch._flat_sums().to(self.sums.device)
-        self.sample = self._merge(torch.stack([self.sample, pack_samples(batch).to(self.sample)]))
+        self.sums += batch.flat_sums().to(self.sums.device)
+        self.sample = self._merge(torch.stack([self.sample, batch.pack_samples().to(self.sample)]))
         self.skipped += int((~keep).sum())
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -122,10 +122,9 @@ class CollapseMetrics(Metric):
         metric is NaN, with a warning, rather than an error that would lose the state.
         """
         stats = self._empty()
-        stats._load_flat_sums(self.sums.detach().cpu())
-        unpack_samples(stats, [self.sample.detach().cpu()])
+        stats.load_flat_sums(self.sums.detach().cpu())
+        stats.load_packed_samples([self.sample.detach().cpu()])
         ref = self.reference
-        support = ref.support_image
         if stats.n_pairs <= ref.k:
             warnings.warn(
                 f"CollapseMetrics needs more than k={ref.k} embeddable pairs; got "
@@ -138,18 +137,9 @@ class CollapseMetrics(Metric):
             out["pairs"] = torch.tensor(float(stats.n_pairs), dtype=torch.float64)
             out["skipped"] = torch.tensor(float(self.skipped), dtype=torch.float64)
             return out
-        rows = stats.sample("image")
-        count, align_sum, _ = stats.alignment_sums
-        values = {
-            "variance_ratio": total_variance(stats.image) / total_variance(support),
-            "vendi_ratio": vendi_score(stats.image) / vendi_score(support),
-            "frechet_distance": frechet_distance(stats.image, support),
-            "alignment_mean": align_sum / count,
-            "coverage": prdc(support, rows, k=ref.k).coverage,
-            "cmmd": cmmd(rows, support[:1000]),
-            "pairs": float(stats.n_pairs),
-            "skipped": float(self.skipped),
-        }
+        metrics = collapse_metrics(stats, None, ref.collapse_reference())
+        values = {name: metrics[name] for name in _METRICS}
+        values.update(pairs=float(stats.n_pairs), skipped=float(self.skipped))
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
 
     def _apply(self, fn: Any, exclude_state: Any = ()) -> Any:
@@ -169,4 +159,6 @@ class CollapseMetrics(Metric):
 
     def _merge(self, stacked: torch.Tensor) -> torch.Tensor:
         """Bottom-k merge of packed samples stacked along dim 0 (the state's reduce rule)."""
-        return merge_packed(self._empty(), stacked.cpu()).to(stacked.device)
+        merged = self._empty()
+        merged.load_packed_samples(list(stacked.cpu()))
+        return merged.pack_samples().to(stacked.device)

@@ -14,7 +14,7 @@ from PIL import Image
 from synthguard._errors import EncoderError, EncoderLoadError, InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._validation import check_float, check_int, describe, unit_rows_or_nan
-from synthguard.data import as_sample_list
+from synthguard.batch import as_sample_list
 from synthguard.encoders._base import Encoder
 from synthguard.encoders._device import resolve_device
 from synthguard.encoders._images import ImageDecodeError, load_image

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._validation import describe, unit_rows_or_nan
-from synthguard.data import as_sample_list
+from synthguard.batch import as_sample_list
 from synthguard.encoders._base import Encoder
 from synthguard.relabel._common import (
     Relabel,

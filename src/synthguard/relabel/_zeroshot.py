@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from synthguard._errors import InvalidInputError
 from synthguard._validation import check_float, check_labels, describe, unit_rows_or_nan
-from synthguard.data import as_sample_list
+from synthguard.batch import as_sample_list
 from synthguard.encoders._base import Encoder
 from synthguard.relabel._common import Relabel, Score, encoder_dim
 
@@ -82,7 +82,8 @@ class ZeroShotLabeler:
 
     Args:
         encoder: the frozen grounding encoder (anything implementing
-            :class:`~synthguard.encoders.Encoder`).
+            :class:`~synthguard.encoders.Encoder`); ``None`` when ``class_embeddings`` are
+            given and only embeddings will be classified (:meth:`predict`).
         label_names: one name per class, ``label_names[c]`` for class ``c`` (non-empty, unique,
             at least two).
         templates: prompt templates, each containing ``{name}``; a single string is one template.
@@ -109,12 +110,16 @@ class ZeroShotLabeler:
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: Encoder | None,
         label_names: Sequence[str],
         templates: str | Sequence[str] = ("a photo of a {name}",),
         logit_scale: float | None = None,
         class_embeddings: Any = None,
     ) -> None:
+        if encoder is None and class_embeddings is None:
+            raise InvalidInputError(
+                "encoder must be an Encoder when class_embeddings are not given; got None"
+            )
         self.encoder = encoder
         self.label_names = _check_label_names(label_names)
         self.templates = _check_templates(templates)
@@ -125,8 +130,9 @@ class ZeroShotLabeler:
         )
         self._class_embeddings: torch.Tensor | None = None
         if class_embeddings is not None:
+            dim = encoder_dim(encoder) if encoder is not None else _columns(class_embeddings)
             rows = unit_rows_or_nan(
-                "class_embeddings", class_embeddings, encoder_dim(encoder), n=len(self.label_names)
+                "class_embeddings", class_embeddings, dim, n=len(self.label_names)
             )
             if bool(torch.isnan(rows).any()):
                 raise InvalidInputError("class_embeddings must be finite, non-zero rows")
@@ -189,14 +195,21 @@ class ZeroShotLabeler:
 
     def predict_images(self, images: Any) -> ZeroShotPrediction:
         """Embed ``images`` with the encoder (bad ones become NaN rows) and :meth:`predict`."""
-        return self.predict(
-            self.encoder.encode_images(as_sample_list(images, "images"), on_error="nan")
-        )
+        encoder = self._require_encoder("predict_images")
+        return self.predict(encoder.encode_images(as_sample_list(images, "images"), on_error="nan"))
+
+    def _require_encoder(self, what: str) -> Encoder:
+        if self.encoder is None:
+            raise InvalidInputError(
+                f"{what} needs an encoder; this labeler was built from class_embeddings only"
+            )
+        return self.encoder
 
     def _embed_prompts(self) -> torch.Tensor:
         prompts = [p for row in self.prompts for p in row]
-        dim = encoder_dim(self.encoder)
-        raw = self.encoder.encode_texts(prompts, on_error="nan")
+        encoder = self._require_encoder("embedding the prompts")
+        dim = encoder_dim(encoder)
+        raw = encoder.encode_texts(prompts, on_error="nan")
         emb = unit_rows_or_nan("encoder.encode_texts output", raw, dim, n=len(prompts))
         bad = torch.nonzero(torch.isnan(emb).any(dim=1)).flatten().tolist()
         if bad:
@@ -396,6 +409,12 @@ def _check_templates(value: Any) -> tuple[str, ...]:
             ) from exc
         out.append(template)
     return tuple(out)
+
+
+def _columns(value: Any) -> int:
+    """The column count of a 2-D array-like (its embedding dim), or -1 (refused later)."""
+    shape = getattr(value, "shape", None)
+    return int(shape[1]) if shape is not None and len(shape) == 2 else -1
 
 
 def _model_logit_scale(encoder: Any) -> float | None:

@@ -1,38 +1,39 @@
-"""The batch verdict from a :class:`~synthguard._shards.BatchSummary`: tests, Holm, report.
+"""The batch verdict from a :class:`~synthguard.guard.BatchSummary`: tests, Holm, report.
 
 Everything here reads the summary (the whole batch, all ranks), never a rank's own rows, so
-every rank (or a Ray driver holding merged statistics) reaches the same verdict.
+every rank (or a Ray driver holding merged statistics) reaches the same verdict. Every test of
+the registry is computed and reported with its p-value; the plan's family decides.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 
-from synthguard._calibration import (
-    BATCH_TESTS,
+from synthguard.checks import (
     RESAMPLED_TESTS,
+    BatchTest,
+    TestInputs,
     batch_values,
     bound_at,
-    duplicate_rate,
     empirical_p,
-    flag_rate_test,
     holm,
 )
-from synthguard._shards import BatchSummary
 from synthguard.concepts import ConceptDrift, concept_drift
 from synthguard.functional import label_drift
+from synthguard.guard._plan import GuardPlan
+from synthguard.guard._summary import BatchSummary
 from synthguard.report import GuardReport, MetricResult, SampleDecision
-
-if TYPE_CHECKING:
-    from synthguard.guard import Guard
 
 __all__ = ["make_report"]
 
+#: Resamples of the informational per-class concept tests (not in the Holm family).
+CONDITIONAL_RESAMPLES = 199
+
 
 def make_report(
-    guard: Guard,
+    plan: GuardPlan,
     summary: BatchSummary,
     *,
     samples: tuple[SampleDecision, ...],
@@ -41,7 +42,7 @@ def make_report(
     n_truncated: int,
 ) -> GuardReport:
     """The :class:`GuardReport`: this rank's ``samples`` and the batch's verdict."""
-    cfg, ref = guard.config, guard.reference
+    cfg, ref = plan.config, plan.reference
     reasons: list[str] = []
     metrics: dict[str, MetricResult] = {}
     concepts: list[ConceptDrift] = []
@@ -54,11 +55,17 @@ def make_report(
     elif not cfg.batch_tests:
         reasons.append("batch tests off (GuardConfig.batch_tests is empty)")
     else:
-        metrics, risk, rows, notes, concepts = _batch_tests(guard, summary)
-        reasons.extend(notes)
+        outcome = _batch_tests(plan, summary)
+        metrics, risk, rows, concepts = (
+            outcome.metrics,
+            outcome.risk,
+            outcome.rows,
+            outcome.concepts,
+        )
+        reasons.extend(outcome.notes)
         reasons.extend(f"failed {m.describe()}" for m in metrics.values() if m.passed is False)
     if summary.n_valid:
-        metrics.update(_informational(guard, summary))
+        metrics.update(_informational(plan, summary))
     tests_failed = any(m.passed is False for m in metrics.values())
     if summary.n_accepted == 0 and summary.n_valid:
         reasons.append(f"no sample passed the per-sample checks ({summary.n} rejected)")
@@ -74,7 +81,7 @@ def make_report(
         n_truncated=n_truncated,
         rejects_by_reason=rejects_by_reason,
         concepts={d.group: d for d in concepts},
-        concepts_by_class=_conditional_concepts(guard, summary) if concepts else {},
+        concepts_by_class=_conditional_concepts(plan, summary) if concepts else {},
         alpha=cfg.alpha,
         alpha_batch=cfg.alpha_batch,
         seed=cfg.seed,
@@ -91,93 +98,106 @@ def make_report(
     )
 
 
-def _batch_tests(
-    guard: Guard, summary: BatchSummary
-) -> tuple[dict[str, MetricResult], float | None, int, list[str], list[ConceptDrift]]:
-    """Run the configured batch tests that have enough rows; Holm over those that ran."""
-    cfg, ref = guard.config, guard.reference
-    rows = guard.rows_for(summary.n_accepted)
+@dataclass
+class _TestOutcome:
+    metrics: dict[str, MetricResult] = field(default_factory=dict)
+    risk: float | None = None
+    rows: int = 0
+    notes: list[str] = field(default_factory=list)
+    concepts: list[ConceptDrift] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class _Value:
+    """A test's value with its p-value and, for the exact test, its null at a level."""
+
+    test: BatchTest
+    value: float
+    p: float
+    null: torch.Tensor | None  # resampled null (None: exact)
+
+
+def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
+    """Every test that has enough rows; Holm over those in the family that ran."""
+    cfg = plan.config
+    rows = summary.image.shape[0]
     dup_rows = summary.duplicate_image.shape[0]
-    values: dict[str, float] = {}
-    nulls: dict[str, torch.Tensor] = {}
-    notes: list[str] = []
-    wanted = set(cfg.batch_tests)
+    out = _TestOutcome()
     distribution = rows >= cfg.min_batch_size
     if not distribution:
-        notes.append(
-            f"distribution tests skipped: {rows} accepted rows < min_batch_size "
-            f"{cfg.min_batch_size} (or half the reference support)"
+        out.notes.append(
+            f"distribution tests skipped: {plan.rows_for(summary.n_accepted)} accepted rows < "
+            f"min_batch_size {cfg.min_batch_size} (or half the reference support)"
         )
+    values: list[_Value] = []
     if dup_rows:
-        context = ref.batch_context(cfg.alpha, guard.checks, guard.rejecting)
-        if distribution:
-            values = batch_values(context, summary.image, summary.text)
-        values["duplicate_rate"] = duplicate_rate(summary.duplicate_image, context.duplicate_cosine)
-        null = ref.batch_null(
-            rows if distribution else 0, duplicate_size=dup_rows, alpha=cfg.alpha,
-            resamples=cfg.n_resamples, seed=cfg.seed, checks=guard.checks,
-            rejecting=guard.rejecting,
-        )  # fmt: skip
-        nulls = {name: null[:, j] for j, name in enumerate(RESAMPLED_TESTS)}
-    values["flag_rate"] = summary.n_flagged / summary.n
-    ran = [name for name in BATCH_TESTS if name in wanted and name in values]
-    if "flag_rate" in ran and summary.n < cfg.min_batch_size:
-        ran.remove("flag_rate")
-    flag_p, _, flag_median = _flag_rate(guard, summary, cfg.alpha_batch)
-    p = [
-        empirical_p(nulls[name], values[name], BATCH_TESTS[name]) if name != "flag_rate" else flag_p
-        for name in ran
-    ]
-    concepts = _concept_tests(guard, summary) if distribution and dup_rows else []
-    p += [drift.p_value for drift in concepts]
+        context = plan.context()
+        inputs = TestInputs(
+            metrics=batch_values(context, summary.image, summary.text) if distribution else {},
+            duplicate_image=summary.duplicate_image,
+            duplicate_cosine=context.duplicate_cosine,
+        )
+        null = plan.null(rows if distribution else 0, dup_rows)
+        for test in plan.tests:
+            if test.null == "resampled" and (distribution or test.rows != "accepted"):
+                column = null[:, RESAMPLED_TESTS.index(test.name)]
+                value = test.value(inputs)
+                values.append(
+                    _Value(test, value, empirical_p(column, value, test.direction), column)
+                )
+    flag_test = next(t for t in plan.tests if t.null == "exact")
+    flag_value = flag_test.value(TestInputs({}, n=summary.n, n_flagged=summary.n_flagged))
+    flag_p, _, flag_median = plan.flag_rate(summary.n_flagged, summary.n, cfg.alpha_batch)
+    values.append(_Value(flag_test, flag_value, flag_p, None))
+    # The flag rate joins the family only with enough samples to say anything.
+    ran = [
+        v for v in values
+        if plan.in_family(v.test) and (v.null is not None or summary.n >= cfg.min_batch_size)
+    ]  # fmt: skip
+    out.concepts = _concept_tests(plan, summary) if distribution and dup_rows else []
+    p = [v.p for v in ran] + [drift.p_value for drift in out.concepts]
     levels, adjusted, rejected = holm(p, cfg.alpha_batch) if p else ([], [], [])
-    metrics: dict[str, MetricResult] = {}
-    for j, drift in enumerate(concepts, start=len(ran)):
+    for j, drift in enumerate(out.concepts, start=len(ran)):
         tails = f"; tail loss: {', '.join(drift.tail_loss)}" if drift.tail_loss else ""
-        metrics[f"concept:{drift.group}"] = MetricResult(
+        out.metrics[f"concept:{drift.group}"] = MetricResult(
             name=f"concept:{drift.group}", value=drift.js_divergence, direction="high",
             p_value=p[j], adjusted_p_value=adjusted[j], level=levels[j],
             passed=not rejected[j],
             note=f"Jensen–Shannon (bits) of the concept mix; max-z permutation test; "
             f"largest mover {drift.largest_mover} ({drift.largest_change:+.1%}){tails}",
         )  # fmt: skip
-
-    for name in BATCH_TESTS:
-        if name not in values:
-            continue
-        if name not in ran:
-            is_flag = name == "flag_rate"
-            metrics[name] = MetricResult(
-                name=name, value=values[name], direction=BATCH_TESTS[name],
-                null_median=flag_median if is_flag else _median(nulls.get(name)),
-                p_value=flag_p if is_flag else None,
-                note="informational: not in GuardConfig.batch_tests",
+    for v in values:
+        name, direction = v.test.name, v.test.direction
+        median = flag_median if v.null is None else float(v.null.median())
+        if v not in ran:
+            out.metrics[name] = MetricResult(
+                name=name, value=v.value, direction=direction, null_median=median,
+                p_value=v.p, note="informational: not in GuardConfig.batch_tests",
             )  # fmt: skip
             continue
-        j = ran.index(name)
-        direction = BATCH_TESTS[name]
-        bound: float | None
-        if name == "flag_rate":
-            _, bound, median = _flag_rate(guard, summary, levels[j])
+        j = ran.index(v)
+        if v.null is None:
+            bound: float | None = plan.flag_rate(summary.n_flagged, summary.n, levels[j])[1]
         else:
-            bound = bound_at(nulls[name], levels[j], direction)
-            median = float(nulls[name].median())
-        metrics[name] = MetricResult(
-            name=name, value=values[name], direction=direction, bound=bound,
-            null_median=median, p_value=p[j], adjusted_p_value=adjusted[j],
-            level=levels[j], passed=not rejected[j],
+            bound = bound_at(v.null, levels[j], direction)
+        out.metrics[name] = MetricResult(
+            name=name, value=v.value, direction=direction, bound=bound, null_median=median,
+            p_value=v.p, adjusted_p_value=adjusted[j], level=levels[j], passed=not rejected[j],
         )  # fmt: skip
     if not p:
-        return metrics, None, 0, [*notes, "batch tests skipped: batch too small"], concepts
-    return metrics, 1.0 - min(adjusted), rows if distribution else 0, notes, concepts
+        out.notes.append("batch tests skipped: batch too small")
+        return out
+    out.risk = 1.0 - min(adjusted)
+    out.rows = rows if distribution else 0
+    return out
 
 
-def _concept_tests(guard: Guard, summary: BatchSummary) -> list[ConceptDrift]:
+def _concept_tests(plan: GuardPlan, summary: BatchSummary) -> list[ConceptDrift]:
     """Concept mix of the accepted rows against the accepted reference support."""
-    cfg, ref = guard.config, guard.reference
-    pool = ref.accepted_support(cfg.alpha, guard.checks, guard.rejecting)
+    cfg, ref = plan.config, plan.reference
+    pool = plan.accepted_support
     out = []
-    for bank in guard.concept_banks:
+    for bank in plan.concept_banks:
         ref_counts = bank.counts(ref.support_image[pool])
         for group in bank.groups:
             out.append(
@@ -194,22 +214,22 @@ def _concept_tests(guard: Guard, summary: BatchSummary) -> list[ConceptDrift]:
 
 
 def _conditional_concepts(
-    guard: Guard, summary: BatchSummary
+    plan: GuardPlan, summary: BatchSummary
 ) -> dict[str, dict[str, ConceptDrift]]:
     """Per group and class: the attribute mix *within* the class, batch vs reference.
 
     Informational (not in the Holm family): classes x groups tests would dilute it. Uses the
     labels the accepted samples carry on (relabels applied).
     """
-    cfg, ref = guard.config, guard.reference
+    cfg, ref = plan.config, plan.reference
     names = ref.label_names
     if names is None or not summary.concept_by_class:
         return {}
     if not bool((ref.support_labels >= 0).all()):
         return {}
-    pool = ref.accepted_support(cfg.alpha, guard.checks, guard.rejecting)
+    pool = plan.accepted_support
     out: dict[str, dict[str, ConceptDrift]] = {}
-    for bank in guard.concept_banks:
+    for bank in plan.concept_banks:
         theirs = bank.counts(ref.support_image[pool], ref.support_labels[pool], len(names))
         for group in bank.groups:
             table = summary.concept_by_class[group]
@@ -219,7 +239,7 @@ def _conditional_concepts(
                     theirs[group][c],
                     bank.concepts(group),
                     group=group,
-                    resamples=199,
+                    resamples=CONDITIONAL_RESAMPLES,
                     seed=cfg.seed,
                 )
                 for c in range(len(names))
@@ -228,16 +248,8 @@ def _conditional_concepts(
     return out
 
 
-def _flag_rate(guard: Guard, summary: BatchSummary, level: float) -> tuple[float, float, float]:
-    ref, cfg = guard.reference, guard.config
-    support_flagged = (
-        ref.n_support - ref.accepted_support(cfg.alpha, guard.checks, guard.rejecting).numel()
-    )
-    return flag_rate_test(summary.n_flagged, summary.n, support_flagged, ref.n_support, level)
-
-
-def _informational(guard: Guard, summary: BatchSummary) -> dict[str, MetricResult]:
-    ref = guard.reference
+def _informational(plan: GuardPlan, summary: BatchSummary) -> dict[str, MetricResult]:
+    ref = plan.reference
     if summary.label_counts is None or ref.stats.num_labels is None:
         return {}
     drift = label_drift(summary.label_counts, ref.stats.label_counts)
@@ -250,7 +262,3 @@ def _informational(guard: Guard, summary: BatchSummary) -> dict[str, MetricResul
             "informational (a class mix may be chosen on purpose)",
         )
     }
-
-
-def _median(values: torch.Tensor | None) -> float | None:
-    return None if values is None else float(values.median())

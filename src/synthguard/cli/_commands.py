@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from synthguard._demo.run import format_table, run_demo, summary_lines
+    from synthguard.cli._demo._result import format_table, summary_lines
+    from synthguard.cli._demo._run import run_demo
 
     result = run_demo(args.generations, seed=args.seed, out=args.out, progress=not args.no_progress)
     print(format_table(result))
@@ -130,9 +131,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from synthguard.config import GuardConfig
     from synthguard.encoders import load_encoder
     from synthguard.guard import Guard
-    from synthguard.policy import GuardConfig
     from synthguard.reference import Reference
     from synthguard.sources import detect_kind, read_pairs, write_pairs
 
@@ -157,11 +158,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _bench() -> int:
-    from synthguard._bench import run_bench
+    from synthguard.cli._bench import run_bench
 
     print(run_bench())
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -13,10 +13,11 @@ from pydantic import BaseModel, ConfigDict
 from synthguard._errors import InvalidInputError
 from synthguard._io import atomic_write_text
 from synthguard._reasons import ReasonCode
+from synthguard.batch import PairBatch
 from synthguard.concepts import ConceptDrift
-from synthguard.data import PairBatch
 from synthguard.relabel import Relabel
 from synthguard.relabel._common import Score
+from synthguard.report._html import render_report
 
 __all__ = ["GuardReport", "MetricResult", "SampleDecision"]
 
@@ -235,8 +236,6 @@ class GuardReport(BaseModel):
 
     def to_html(self, path: str | Path) -> Path:
         """Write a self-contained HTML report (tables and inline SVG charts) atomically."""
-        from synthguard._html import render_report
-
         target = Path(path)
         atomic_write_text(target, render_report(self))
         return target

@@ -1,16 +1,96 @@
-"""Self-contained HTML for a :class:`~synthguard.GuardReport`: tables and inline SVG, no CDN."""
+"""Self-contained HTML for a :class:`~synthguard.GuardReport`: tables and inline SVG, no CDN.
+
+The report model imports this module, so the page is typed against the small protocols below
+(the attributes it reads) rather than the model itself: no import goes back to ``_model``.
+"""
 
 from __future__ import annotations
 
 import html
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from synthguard.concepts import ConceptDrift
-    from synthguard.report import GuardReport
 
-__all__ = ["bars_svg", "histogram_svg", "render_report"]
+__all__ = ["ReportLike", "bars_svg", "histogram_svg", "render_report"]
+
+
+class _MetricLike(Protocol):
+    """What the page reads of a :class:`~synthguard.MetricResult`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def direction(self) -> str | None: ...
+    @property
+    def bound(self) -> float | None: ...
+    @property
+    def null_median(self) -> float | None: ...
+    @property
+    def p_value(self) -> float | None: ...
+    @property
+    def adjusted_p_value(self) -> float | None: ...
+    @property
+    def passed(self) -> bool | None: ...
+    @property
+    def note(self) -> str: ...
+
+
+class _SampleLike(Protocol):
+    """What the page reads of a :class:`~synthguard.SampleDecision`."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def id(self) -> int | str: ...
+    @property
+    def accepted(self) -> bool: ...
+    @property
+    def details(self) -> Sequence[str]: ...
+    @property
+    def scores(self) -> Mapping[str, float]: ...
+    @property
+    def thresholds(self) -> Mapping[str, float]: ...
+    @property
+    def new_caption(self) -> str | None: ...
+    @property
+    def new_label(self) -> int | None: ...
+
+
+class ReportLike(Protocol):
+    """What :func:`render_report` reads of a :class:`~synthguard.GuardReport`."""
+
+    @property
+    def accepted(self) -> bool: ...
+    @property
+    def reasons(self) -> Sequence[str]: ...
+    @property
+    def risk_score(self) -> float | None: ...
+    @property
+    def samples(self) -> Sequence[_SampleLike]: ...
+    @property
+    def metrics(self) -> Mapping[str, _MetricLike]: ...
+    @property
+    def n_samples(self) -> int: ...
+    @property
+    def n_accepted(self) -> int: ...
+    @property
+    def n_relabeled(self) -> int: ...
+    @property
+    def rejects_by_reason(self) -> Mapping[str, int]: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def alpha_batch(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def concepts(self) -> Mapping[str, ConceptDrift]: ...
+
 
 _MAX_ROWS = 1000
 _STYLE = """
@@ -98,7 +178,7 @@ def bars_svg(drift: ConceptDrift) -> str:
     return "".join(parts)
 
 
-def render_report(report: GuardReport) -> str:
+def render_report(report: ReportLike) -> str:
     """The report as one HTML page."""
     verdict = "ACCEPTED" if report.accepted else "REJECTED"
     cls = "ok" if report.accepted else "bad"

@@ -2,15 +2,14 @@
 
 A :class:`Reference` is built once from real image–caption pairs. It keeps the mergeable
 :class:`~synthguard.EmbeddingStats` of every pair, a bounded *support* (the stats' bottom-k
-sample) with its k-NN radii, each support pair's leave-one-out per-sample scores, the zero-shot
-class embeddings when labels are given, and the batch tests' null distributions per batch size
-(computed on first use and cached). See :mod:`synthguard._calibration` for the statistics.
+sample) with its k-NN radii, each support pair's leave-one-out per-sample scores (one column
+per available check of :data:`synthguard.checks.SAMPLE_CHECKS`), the zero-shot class
+embeddings when labels are given, and the batch tests' null distributions per batch size
+(computed on first use and cached). docs/design.md has the rules they feed.
 """
 
 from __future__ import annotations
 
-import math
-import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,42 +17,31 @@ from typing import Any
 
 import torch
 
-from synthguard._calibration import (
-    BatchContext,
-    SampleCalibration,
-    batch_null,
-    rbf_kernel,
+from synthguard._errors import CorruptFileError, IncompatibleStatsError, InvalidInputError
+from synthguard._io import atomic_write_bytes
+from synthguard._validation import check_int, check_label_range, describe
+from synthguard.batch import PairBatch, as_sample_list
+from synthguard.checks import (
+    RESAMPLED_TESTS,
 )
-from synthguard._errors import IncompatibleStatsError, InvalidInputError
-from synthguard._reference_build import (
-    DimOnly,
+from synthguard.concepts import ConceptBank
+from synthguard.encoders import Encoder, EncoderFingerprint, load_encoder
+from synthguard.reference._build import (
     embed_into,
-    loo_badness,
     new_stats,
     unit_rows,
     zero_shot_setup,
 )
-from synthguard._validation import (
-    check_float,
-    check_int,
-    check_label_range,
-    describe,
-)
-from synthguard.concepts import ConceptBank
-from synthguard.data import PairBatch, as_sample_list
-from synthguard.encoders import Encoder, EncoderFingerprint, load_encoder
-from synthguard.functional import knn_radii
-from synthguard.relabel import ZeroShotLabeler
-from synthguard.stats import EmbeddingStats, Moments
+from synthguard.reference._calibrated import CalibratedSupport
+from synthguard.reference._codec import ReferenceState, decode, encode
+from synthguard.stats import EmbeddingStats
 
-__all__ = ["SAMPLE_CHECKS", "Reference"]
+__all__ = ["Reference"]
 
-#: The calibrated per-sample checks, in report order (label_mismatch only with labels).
-SAMPLE_CHECKS = ("low_alignment", "off_manifold", "reference_copy", "label_mismatch")
 _CMMD_SIGMA = 10.0  # Jayasumana et al. 2024
 
 
-class Reference:
+class Reference(CalibratedSupport):
     """Real-data statistics and calibration, tied to one encoder fingerprint.
 
     Build with :meth:`build` (embeds real pairs) or :meth:`from_embeddings`; persist with
@@ -68,6 +56,8 @@ class Reference:
         k: neighbourhood size of the k-NN checks (precision/coverage, off-manifold).
         label_names: class names, or ``None`` without labels.
         skipped: reason code -> count of real samples that could not be embedded.
+        support_caption_tokens: ``[s]`` caption tokens of the support pairs (``None`` when
+            built from embeddings): what the opt-in ``long_caption`` check is calibrated on.
 
     Example:
         >>> import synthguard as sg
@@ -94,6 +84,7 @@ class Reference:
         coverage_rows: int = 4096,
         cmmd_rows: int = 1000,
         skipped: dict[str, int] | None = None,
+        support_caption_tokens: torch.Tensor | None = None,
         _precomputed: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.stats = stats
@@ -118,23 +109,15 @@ class Reference:
             )
         self.coverage_rows = min(check_int("coverage_rows", coverage_rows, minimum=self.k + 1), s)
         self.cmmd_rows = min(check_int("cmmd_rows", cmmd_rows, minimum=2), s)
-        pre = dict(_precomputed or {})
-        self.support_radii = pre.get("support_radii", knn_radii(self.support_image, self.k))
-        self.coverage_radii_sq = pre.get("coverage_radii_sq", self._coverage_radii_sq())
-        names = self._check_names()
-        badness = pre.get("calibration_badness")
-        if badness is not None and tuple(badness.shape) != (s, len(names)):
-            raise InvalidInputError(
-                f"calibration_badness must have shape {(s, len(names))}; got {tuple(badness.shape)}"
-            )
-        self.calibration = SampleCalibration(
-            names=names, badness=self._badness() if badness is None else badness
+        self.support_caption_tokens = (
+            None if support_caption_tokens is None else support_caption_tokens.double()
         )
-        self._null_cache: dict[str, torch.Tensor] = {
-            key[len("null/") :]: value for key, value in pre.items() if key.startswith("null/")
-        }
-        self._contexts: dict[tuple[float, tuple[str, ...], tuple[str, ...]], BatchContext] = {}
-        self._lock = threading.RLock()  # guards the caches: a Guard may be shared by threads
+        if self.support_caption_tokens is not None and self.support_caption_tokens.shape != (s,):
+            raise InvalidInputError(
+                f"support_caption_tokens must have shape ({s},); got "
+                f"{tuple(self.support_caption_tokens.shape)}"
+            )
+        self._calibrate(dict(_precomputed or {}))
 
     # -- construction ----------------------------------------------------------------------
 
@@ -178,14 +161,17 @@ class Reference:
         if batch.labels is not None and label_names is not None:
             check_label_range(batch.labels, len(label_names))
         stats = new_stats(enc.dim, enc.fingerprint, support_size, seed, label_names, labels)
-        skipped = embed_into(stats, enc, batch, check_int("chunk_size", chunk_size, minimum=1))
+        chunk = check_int("chunk_size", chunk_size, minimum=1)
+        skipped, tokens = embed_into(stats, enc, batch, chunk)
         if skipped:
             warnings.warn(
                 f"Reference.build skipped {sum(skipped.values())} real samples that could not "
                 f"be embedded: {skipped}",
                 stacklevel=2,
             )
-        ref = cls._finish(stats, enc, enc.fingerprint, spec, k, label_names, label_templates)
+        ref = cls._finish(
+            stats, enc, enc.fingerprint, spec, k, label_names, label_templates, tokens=tokens
+        )
         ref.skipped = skipped
         return ref
 
@@ -241,6 +227,8 @@ class Reference:
         templates: str | Sequence[str],
         class_embeddings: Any = None,
         logit_scale: float | None = None,
+        *,
+        tokens: torch.Tensor | None = None,
     ) -> Reference:
         labels = zero_shot_setup(
             encoder, stats.dim, label_names, templates, class_embeddings, logit_scale
@@ -248,149 +236,10 @@ class Reference:
         ref = cls(
             stats, fingerprint=fingerprint, encoder_spec=spec, k=k, label_names=label_names,
             label_templates=labels[2], class_embeddings=labels[0], logit_scale=labels[1],
+            support_caption_tokens=tokens,
         )  # fmt: skip
         ref.encoder = encoder
         return ref
-
-    # -- calibration -----------------------------------------------------------------------
-
-    @property
-    def n_support(self) -> int:
-        """Real pairs in the support (k-NN checks, calibration resamples)."""
-        return int(self.support_image.shape[0])
-
-    @property
-    def has_labels(self) -> bool:
-        """Whether the label check is calibrated (labels and class embeddings were given)."""
-        return self.class_embeddings is not None and bool((self.support_labels >= 0).all())
-
-    def thresholds(self, alpha: float, checks: Sequence[str] | None = None) -> dict[str, float]:
-        """Per-sample thresholds at real-data false-reject rate ``alpha``, in natural units.
-
-        ``low_alignment``: flag a pair whose cosine is below it; ``off_manifold``: a k-NN
-        distance above it; ``reference_copy`` (and within-batch near duplicates): a largest
-        cosine to another image above it; ``label_mismatch``: a disagreement of the frozen
-        model when P(given label) is below it. ``inf``/``-inf`` mean the check never fires.
-        ``checks`` calibrates the union of a subset (default: all available).
-        """
-        raw = self.sample_calibration(checks).thresholds(_check_alpha(alpha))
-        return {name: _natural(name, value) for name, value in raw.items()}
-
-    def sample_calibration(self, checks: Sequence[str] | None = None) -> SampleCalibration:
-        """The leave-one-out calibration scores of ``checks`` (default: all available)."""
-        if checks is None:
-            return self.calibration
-        unknown = [c for c in checks if c not in self.calibration.names]
-        if unknown or not checks:
-            raise InvalidInputError(
-                f"checks must be a non-empty subset of {self.calibration.names}; got {list(checks)}"
-            )
-        return self.calibration.select(tuple(checks))
-
-    def labeler(self) -> ZeroShotLabeler | None:
-        """The zero-shot labeler with the stored class embeddings (``None`` without labels)."""
-        if not self.has_labels or self.label_names is None:
-            return None
-        return ZeroShotLabeler(
-            DimOnly(self.stats.dim),  # type: ignore[arg-type]
-            self.label_names,
-            self.label_templates or ("{name}",),
-            logit_scale=self.logit_scale,
-            class_embeddings=self.class_embeddings,
-        )
-
-    def batch_context(
-        self,
-        alpha: float,
-        checks: Sequence[str] | None = None,
-        rejecting: Sequence[str] | None = None,
-    ) -> BatchContext:
-        """What the batch metrics compare against, at per-sample level ``alpha``.
-
-        ``rejecting``: the checks whose flags reject a sample (default: all ``checks``; a
-        label disagreement that is relabeled does not reject).
-        """
-        names = self.sample_calibration(checks).names
-        only = names if rejecting is None else tuple(rejecting)
-        key = (float(alpha), names, only)
-        with self._lock:
-            if key not in self._contexts:
-                calibration = self.sample_calibration(names)
-                raw = calibration.thresholds(_check_alpha(alpha))
-                accepted = ~calibration.flags(alpha, only)
-                rows = self.support_image[accepted]
-                align = (rows * self.support_text[accepted]).sum(dim=1)
-                self._contexts[key] = BatchContext(
-                    moments=Moments(rows.shape[0], rows.sum(dim=0), rows.T @ rows),
-                    align_sum=float(align.sum()),
-                    accepted=accepted,
-                    support=self.support_image,
-                    coverage_rows=self.coverage_rows,
-                    coverage_radii_sq=self.coverage_radii_sq,
-                    cmmd_rows=self.cmmd_rows,
-                    cmmd_sigma=_CMMD_SIGMA,
-                    cmmd_kernel=self._cmmd_kernel(),
-                    duplicate_cosine=raw.get("reference_copy", math.inf),
-                )
-            return self._contexts[key]
-
-    def accepted_support(
-        self,
-        alpha: float,
-        checks: Sequence[str] | None = None,
-        rejecting: Sequence[str] | None = None,
-    ) -> torch.Tensor:
-        """Indices of the support pairs no rejecting check flags (leave-one-out)."""
-        calibration = self.sample_calibration(checks)
-        only = None if rejecting is None else tuple(rejecting)
-        return torch.nonzero(~calibration.flags(_check_alpha(alpha), only)).flatten()
-
-    def batch_null(
-        self,
-        size: int,
-        *,
-        duplicate_size: int | None = None,
-        alpha: float,
-        resamples: int,
-        seed: int,
-        checks: Sequence[str] | None = None,
-        rejecting: Sequence[str] | None = None,
-    ) -> torch.Tensor:
-        """``[resamples, K]`` resampled null of the batch tests, computed once and cached.
-
-        ``size`` accepted rows for the distribution tests (0: skip them), ``duplicate_size``
-        (default ``size``) embeddable rows for the duplicate rate; columns follow
-        :data:`synthguard._calibration.RESAMPLED_TESTS`. Cached per sizes, resamples, seed,
-        ``alpha``, checks and rejecting checks, and saved with the reference.
-        """
-        calibration = self.sample_calibration(checks)
-        only = calibration.names if rejecting is None else tuple(rejecting)
-        pool = self.accepted_support(alpha, calibration.names, only)
-        size = check_int("size", size, minimum=0)
-        dup_size = (
-            size
-            if duplicate_size is None
-            else check_int("duplicate_size", duplicate_size, minimum=2)
-        )
-        if size == 1:
-            raise InvalidInputError("size must be 0 (no distribution tests) or >= 2; got 1")
-        if size > pool.numel() // 2 or dup_size > self.n_support // 2:
-            raise InvalidInputError(
-                f"size must be <= {pool.numel() // 2} and duplicate_size <= "
-                f"{self.n_support // 2} (half the support) for real-vs-real resamples; got "
-                f"{size} and {dup_size}"
-            )
-        key = (
-            f"{size}/{dup_size}/{resamples}/{seed}/{float(alpha)!r}/"
-            f"{','.join(calibration.names)}/{','.join(only)}"
-        )
-        context = self.batch_context(alpha, calibration.names, only)
-        with self._lock:
-            if key not in self._null_cache:
-                self._null_cache[key] = batch_null(
-                    context, self.support_text, pool, size, dup_size, resamples, seed
-                )
-            return self._null_cache[key]
 
     def add_concept_bank(self, bank: ConceptBank) -> None:
         """Keep ``bank`` with the reference (saved with it; guards use it by default).
@@ -421,9 +270,9 @@ class Reference:
 
     def save(self, path: str | Path) -> Path:
         """Write the reference atomically to ``path`` (one safetensors file); returns it."""
-        from synthguard._reference_io import save_reference
-
-        return save_reference(self, Path(path))
+        target = Path(path)
+        atomic_write_bytes(target, self.to_bytes())
+        return target
 
     @classmethod
     def load(cls, path: str | Path, *, encoder: Encoder | None = None) -> Reference:
@@ -433,33 +282,102 @@ class Reference:
             CorruptFileError: the file is truncated, altered or not a reference.
             IncompatibleStatsError: ``encoder`` has a different fingerprint.
         """
-        from synthguard._reference_io import load_reference
-
-        ref = load_reference(cls, Path(path))
+        try:
+            blob = Path(path).read_bytes()
+        except OSError as exc:
+            raise CorruptFileError(f"cannot read reference file {str(path)!r}: {exc}") from exc
+        ref = cls.from_bytes(blob, source=str(path))
         if encoder is not None:
             ref.check_encoder(encoder)
             ref.encoder = encoder
         return ref
 
+    def to_bytes(self) -> bytes:
+        """The reference as the bytes of a ``.sgref`` file (e.g. to ship to Ray workers)."""
+        return encode(self.to_state())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, *, source: str = "<bytes>") -> Reference:
+        """Read :meth:`to_bytes` output (or a file's bytes); ``source`` names it in errors."""
+        return cls.from_state(decode(blob, source), source=source)
+
+    def to_state(self) -> ReferenceState:
+        """The reference as plain tensors and metadata (what :meth:`to_bytes` encodes)."""
+        tensors = {f"stats.{k}": v for k, v in self.stats.state_dict().items()}
+        tensors["support_radii"] = self.support_radii
+        tensors["coverage_radii_sq"] = self.coverage_radii_sq
+        tensors["calibration_badness"] = self.calibration.badness
+        if self.support_caption_tokens is not None:
+            tensors["support_caption_tokens"] = self.support_caption_tokens
+        if self.class_embeddings is not None:
+            tensors["class_embeddings"] = self.class_embeddings
+        with self._lock:
+            tensors.update({f"null/{k}": v for k, v in self._null_cache.items()})
+        banks = []
+        for i, bank in enumerate(self.concept_banks):
+            tensors.update({f"bank/{i}/{g}": e for g, e in bank.embeddings.items()})
+            banks.append(bank_spec(bank))
+        meta = {
+            "fingerprint": None if self.fingerprint is None else self.fingerprint.model_dump(),
+            "encoder_spec": self.encoder_spec,
+            "k": self.k,
+            "label_names": None if self.label_names is None else list(self.label_names),
+            "label_templates": list(self.label_templates),
+            "logit_scale": self.logit_scale,
+            "coverage_rows": self.coverage_rows,
+            "cmmd_rows": self.cmmd_rows,
+            "checks": list(self.calibration.names),
+            "null_columns": list(RESAMPLED_TESTS),
+            "skipped": self.skipped,
+            "concept_banks": banks,
+        }
+        return ReferenceState(tensors=tensors, meta=meta)
+
+    @classmethod
+    def from_state(cls, state: ReferenceState, *, source: str = "<state>") -> Reference:
+        """A reference from :meth:`to_state` output; ``source`` names it in errors.
+
+        Raises:
+            CorruptFileError: the state is inconsistent (missing or misshapen parts).
+        """
+        meta, tensors = state.meta, state.tensors
+        # Nulls of another test set (an older synthguard) are recomputed, not misread.
+        nulls_fit = meta.get("null_columns") == list(RESAMPLED_TESTS)
+        keep = ("support_radii", "coverage_radii_sq", "calibration_badness")
+        try:
+            stats = EmbeddingStats.from_state_dict(
+                {k[len("stats.") :]: v for k, v in tensors.items() if k.startswith("stats.")}
+            )
+            fingerprint = meta["fingerprint"]
+            ref = cls(
+                stats,
+                fingerprint=None if fingerprint is None else EncoderFingerprint(**fingerprint),
+                encoder_spec=meta["encoder_spec"],
+                k=meta["k"],
+                label_names=meta["label_names"],
+                label_templates=meta["label_templates"],
+                class_embeddings=tensors.get("class_embeddings"),
+                logit_scale=meta["logit_scale"],
+                coverage_rows=meta["coverage_rows"],
+                cmmd_rows=meta["cmmd_rows"],
+                skipped=meta["skipped"],
+                support_caption_tokens=tensors.get("support_caption_tokens"),
+                _precomputed={
+                    k: v
+                    for k, v in tensors.items()
+                    if k in keep or (nulls_fit and k.startswith("null/"))
+                },
+            )
+            ref.concept_banks = [
+                bank_from_spec(spec, tensors, i) for i, spec in enumerate(meta["concept_banks"])
+            ]
+        except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
+            raise CorruptFileError(f"reference file {source!r} is inconsistent: {exc}") from exc
+        if list(ref.calibration.names) != meta["checks"]:
+            raise CorruptFileError(f"reference file {source!r}: calibration columns do not match")
+        return ref
+
     # -- internals -------------------------------------------------------------------------
-
-    def _check_names(self) -> tuple[str, ...]:
-        return SAMPLE_CHECKS if self.has_labels else SAMPLE_CHECKS[:-1]
-
-    def _cmmd_kernel(self) -> torch.Tensor:
-        rows = self.support_image[: self.cmmd_rows]
-        return rbf_kernel(rows, rows, _CMMD_SIGMA).fill_diagonal_(1.0)
-
-    def _coverage_radii_sq(self) -> torch.Tensor:
-        if self.coverage_rows == self.n_support:
-            return self.support_radii**2
-        return knn_radii(self.support_image[: self.coverage_rows], self.k) ** 2
-
-    def _badness(self) -> torch.Tensor:
-        return loo_badness(
-            self.support_image, self.support_text, self.support_radii, self.support_labels,
-            self.labeler(),
-        )  # fmt: skip
 
     def __repr__(self) -> str:
         model = None if self.fingerprint is None else self.fingerprint.model_id
@@ -469,12 +387,25 @@ class Reference:
         )
 
 
-def _check_alpha(alpha: Any) -> float:
-    return check_float("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+def bank_spec(bank: ConceptBank) -> dict[str, Any]:
+    """A concept bank's JSON metadata in a reference file (its embeddings are tensors)."""
+    templates = bank.templates
+    return {
+        "groups": {g: list(c) for g, c in bank.groups.items()},
+        "margins": bank.margins,
+        "templates": templates if isinstance(templates, str) else list(templates),
+        "uncertain_rate": bank.uncertain_rate,
+        "fingerprint": bank.fingerprint.model_dump(),
+    }
 
 
-def _natural(name: str, badness_threshold: float) -> float:
-    """Badness threshold back in the check's own units."""
-    if name in ("low_alignment", "label_mismatch"):
-        return -badness_threshold
-    return badness_threshold
+def bank_from_spec(spec: dict[str, Any], tensors: dict[str, torch.Tensor], i: int) -> ConceptBank:
+    """The ``i``-th concept bank of a reference file."""
+    return ConceptBank.from_parts(
+        spec["groups"],
+        {g: tensors[f"bank/{i}/{g}"] for g in spec["groups"]},
+        fingerprint=EncoderFingerprint(**spec["fingerprint"]),
+        margins=spec["margins"],
+        templates=spec["templates"],
+        uncertain_rate=spec["uncertain_rate"],
+    )

@@ -22,21 +22,25 @@ from safetensors.torch import save as save_tensors
 
 from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
-from synthguard._shards import BatchSummary
 from synthguard._validation import unit_rows_or_nan
-from synthguard._verdict import make_report
-from synthguard.guard import Guard, mark_unembedded
-from synthguard.policy import GuardConfig
+from synthguard.batch import PairBatch
+from synthguard.config import GuardConfig
+from synthguard.guard._decide import decide
+from synthguard.guard._plan import GuardPlan
+from synthguard.guard._rows import EmbeddedRows, mark_unembedded
+from synthguard.guard._summary import BatchSummary
+from synthguard.guard._verdict import make_report
 from synthguard.reference import Reference
 from synthguard.report import GuardReport
 from synthguard.stats import EmbeddingStats
+from synthguard.stats._hashing import hash_ids
 
 __all__ = [
     "IMAGE_COLUMN",
     "TEXT_COLUMN",
     "PoolSpec",
     "PoolState",
-    "block_guard",
+    "block_plan",
     "block_state",
     "decide_block",
     "pool_report",
@@ -48,28 +52,23 @@ _CODES = tuple(ReasonCode)
 _COUNTS = ("samples", "relabeled", "truncated")
 
 
-def block_guard(
+def block_plan(
     reference: Reference, config: GuardConfig | None, *, per_sample_only: bool = True
-) -> Guard:
-    """A guard for rows that arrive embedded: per-sample decisions only (a block's), or, with
+) -> GuardPlan:
+    """The plan of rows that arrive embedded: per-sample decisions only (a block's), or, with
     ``per_sample_only=False``, the full configuration (the pool's verdict)."""
-    config = config or GuardConfig()
-    if per_sample_only:
-        config = config.model_copy(update={"batch_tests": ()})
-    # The stand-in encoder keeps the guard from loading the reference's model: blocks arrive
-    # embedded, and only the reference's fingerprint is checked.
-    stand_in: Any = _EmbeddingsOnly(reference.fingerprint)
-    return Guard(reference, config, encoder=stand_in)
+    plan = GuardPlan.compile(reference, config)
+    return plan.per_sample_only() if per_sample_only else plan
 
 
 def decide_block(
-    guard: Guard, batch: dict[str, Any], *, id_column: str | None, label_column: str | None
+    plan: GuardPlan, batch: dict[str, Any], *, id_column: str | None, label_column: str | None
 ) -> dict[str, Any]:
     """``batch`` plus decision columns ``sg_accepted``, ``sg_embedded``, ``sg_reasons``
     (comma-separated codes), ``sg_details``, ``sg_new_label`` (-1: none), ``sg_relabeled``
     and, per concept-bank group, ``sg_concept_<group>`` (the concept's index; the group's
     size is the uncertain bucket; -1 when not embeddable)."""
-    dim = guard.reference.stats.dim
+    dim = plan.reference.stats.dim
     for column in (IMAGE_COLUMN, TEXT_COLUMN):
         if column not in batch:
             raise InvalidInputError(
@@ -83,7 +82,7 @@ def decide_block(
     labels = None if label_column is None else _column(batch, label_column)
     ids, labels = _ids_and_labels(n, ids, labels, id_column, label_column)
     try:
-        guard._check_labels(labels)
+        plan.check_labels(labels)
     except InvalidInputError as exc:
         raise InvalidInputError(f"column {label_column!r}: {exc}") from exc
     given = list(batch.get(ERROR_COLUMN, [None] * n))
@@ -95,7 +94,9 @@ def decide_block(
             errors[i] = ReasonCode(str(given[i]))
             details[i] = "could not be embedded (integrations.ray.embed)"
     mark_unembedded(image, text, errors, details)
-    report = guard._decide(image, text, labels, ids, errors, details, {}, truncated)
+    report = decide(
+        plan, EmbeddedRows(image, text, ids, labels, errors, details, truncated=truncated)
+    )
     out = dict(batch)
     out["sg_accepted"] = np.array([s.accepted for s in report.samples])
     out["sg_embedded"] = np.array([i not in errors for i in range(n)])
@@ -105,7 +106,7 @@ def decide_block(
         [-1 if s.new_label is None else s.new_label for s in report.samples], dtype=np.int64
     )
     out["sg_relabeled"] = np.array([any(r.applied for r in s.relabels) for s in report.samples])
-    for bank in guard.concept_banks:  # concept index per group (uncertain = len; -1: none)
+    for bank in plan.concept_banks:  # concept index per group (uncertain = len; -1: none)
         for group, index in bank.assign(image).items():
             out[f"sg_concept_{group}"] = index.numpy()
     return out
@@ -122,14 +123,14 @@ class PoolSpec:
     concept_sizes: dict[str, int]  # group -> concepts + 1 (the uncertain bucket)
 
     @classmethod
-    def of(cls, guard: Guard) -> PoolSpec:
-        names = guard.reference.label_names
+    def of(cls, plan: GuardPlan) -> PoolSpec:
+        names = plan.reference.label_names
         return cls(
-            dim=guard.reference.stats.dim,
-            sample_size=guard.config.max_batch_rows,
-            seed=guard.config.seed,
+            dim=plan.reference.stats.dim,
+            sample_size=plan.config.max_batch_rows,
+            seed=plan.config.seed,
             num_labels=None if names is None else len(names),
-            concept_sizes={g: len(b.groups[g]) + 1 for b in guard.concept_banks for g in b.groups},
+            concept_sizes={g: len(b.groups[g]) + 1 for b in plan.concept_banks for g in b.groups},
         )
 
 
@@ -223,17 +224,17 @@ def block_state(
     return state
 
 
-def pool_report(guard: Guard, state: PoolState) -> GuardReport:
+def pool_report(plan: GuardPlan, state: PoolState) -> GuardReport:
     """The guard's verdict on a whole pool from its merged :class:`PoolState`.
 
     ``samples`` is empty (the decisions are the dataset's columns); counts cover the pool.
     """
-    cfg = guard.config
+    cfg = plan.config
     n, relabeled, truncated = (int(v) for v in state.embedded.counts("pool/counts"))
     if n == 0:
         raise InvalidInputError("the pool must contain at least one row; got 0")
     n_accepted, n_valid = state.accepted.n_pairs, state.embedded.image.count
-    rows, dup_rows = guard.rows_for(n_accepted), guard.duplicate_rows_for(n_valid)
+    rows, dup_rows = plan.rows_for(n_accepted), plan.duplicate_rows_for(n_valid)
     dim = state.accepted.dim
     image = text = duplicates = torch.zeros(0, dim, dtype=torch.float64)
     if dup_rows >= cfg.min_batch_size:  # bottom-k prefixes: uniform subsamples of the pool
@@ -265,17 +266,10 @@ def pool_report(guard: Guard, state: PoolState) -> GuardReport:
     )
     reasons = state.embedded.counts("pool/reasons")
     return make_report(
-        guard, summary, samples=(), n_relabeled=relabeled, n_truncated=truncated,
+        plan, summary, samples=(), n_relabeled=relabeled, n_truncated=truncated,
         rejects_by_reason={str(c): int(v) for c, v in zip(_CODES, reasons.tolist(), strict=True)
                            if v},
     )  # fmt: skip
-
-
-class _EmbeddingsOnly:
-    """Stands in for the encoder of a guard that only judges embeddings (never called)."""
-
-    def __init__(self, fingerprint: Any) -> None:
-        self.fingerprint = fingerprint
 
 
 def _matrix(values: Any, dim: int) -> torch.Tensor:
@@ -305,9 +299,6 @@ def _ids_and_labels(
 ) -> tuple[list[Any], list[int] | None]:
     """Validated as a PairBatch validates them (and ids as the statistics key them), with
     the column named in the error."""
-    from synthguard.data import PairBatch
-    from synthguard.functional._hashing import hash_ids
-
     try:
         meta = PairBatch([None] * n, [""] * n, labels=labels, ids=ids)
     except InvalidInputError as exc:

@@ -1,4 +1,4 @@
-"""Mergeable sufficient statistics of embeddings (DESIGN.md §6).
+"""Mergeable sufficient statistics of embeddings (docs/design.md, "Invariants").
 
 :class:`EmbeddingStats` keeps float64 sums (never means), counts, a fixed-edge histogram of
 image–caption alignment and a bottom-k sample of rows, so that statistics computed on shards,
@@ -26,8 +26,11 @@ from synthguard._validation import (
     describe,
     normalize_rows,
 )
+from synthguard.stats._collective import all_gather_same, all_reduce_sum
+from synthguard.stats._hashing import hash_ids, hash_rows, splitmix64
+from synthguard.stats._moments import Moments
 
-__all__ = ["EmbeddingStats", "Modality", "Moments"]
+__all__ = ["EmbeddingStats", "Modality"]
 
 Modality = Literal["image", "text"]
 FORMAT_VERSION = 1
@@ -35,65 +38,6 @@ _MODALITIES: tuple[Modality, ...] = ("image", "text")
 _CONFIG_KEYS = ("format_version", "dim", "sample_size", "seed", "num_labels", "hist_edges")
 _SAMPLE_SUFFIXES = ("", "_keys", "_tiebreak", "_labels")
 _DEFAULT_EDGES = (-1.0, 1.0, 201)  # 200 bins of width 0.01 over the cosine range
-
-
-class Moments:
-    """Count, sum and sum of outer products of one set of embeddings, with derived moments.
-
-    Example:
-        >>> m = Moments.from_embeddings(torch.eye(2, dtype=torch.float64))
-        >>> m.count, m.mean.tolist()
-        (2, [0.5, 0.5])
-    """
-
-    __slots__ = ("count", "sum", "sum_outer")
-
-    def __init__(self, count: int, sum: torch.Tensor, sum_outer: torch.Tensor) -> None:
-        self.count = int(count)
-        self.sum = sum.to(torch.float64)
-        self.sum_outer = sum_outer.to(torch.float64)
-
-    @classmethod
-    def from_embeddings(cls, x: Any, *, name: str = "x") -> Moments:
-        """Moments of an ``[n, d]`` tensor or array (accumulated in float64)."""
-        t = as_embeddings(name, x)
-        return cls(t.shape[0], t.sum(dim=0), t.T @ t)
-
-    @property
-    def dim(self) -> int:
-        """Embedding dimension ``d``."""
-        return int(self.sum.shape[0])
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """``[d]`` mean, derived from the sum."""
-        self._require(1, "a mean")
-        return self.sum / self.count
-
-    @property
-    def covariance(self) -> torch.Tensor:
-        """``[d, d]`` population covariance (divided by ``n``)."""
-        return self.cov(ddof=0)
-
-    @property
-    def mean_squared_norm(self) -> float:
-        """Mean of ``‖x‖²`` over rows (1 for unit-norm embeddings)."""
-        self._require(1, "a mean squared norm")
-        return float(torch.trace(self.sum_outer)) / self.count
-
-    def cov(self, ddof: int = 0) -> torch.Tensor:
-        """``[d, d]`` covariance ``(Σxxᵀ − n·μμᵀ) / (n − ddof)``, exactly symmetric."""
-        self._require(ddof + 1, f"a covariance with ddof={ddof}")
-        centred = self.sum_outer - torch.outer(self.sum, self.sum) / self.count
-        cov = centred / (self.count - ddof)
-        return (cov + cov.T) / 2
-
-    def _require(self, n: int, what: str) -> None:
-        if self.count < n:
-            raise InvalidInputError(f"{what} needs at least {n} embeddings, got count={self.count}")
-
-    def __repr__(self) -> str:
-        return f"Moments(count={self.count}, dim={self.dim})"
 
 
 class EmbeddingStats:
@@ -422,29 +366,71 @@ class EmbeddingStats:
         up to float64 rounding of their order). Every rank must call it, with statistics of the
         same configuration. gloo for CPU, NCCL for CUDA.
         """
-        from synthguard._distributed import all_reduce_stats
+        self.load_flat_sums(all_reduce_sum(self.flat_sums(), group))
+        if self.sample_size:
+            self.load_packed_samples(all_gather_same(self.pack_samples(), group))
+        return self
 
-        return all_reduce_stats(self, group)
+    def flat_sums(self) -> torch.Tensor:
+        """All sum fields (counts, sums, histograms, tables) as one float64 vector.
 
-    def _sum_fields(self) -> dict[str, torch.Tensor]:
-        """The float64 sum fields, in a fixed order (live tensors, for an all-reduce)."""
-        return {name: self._state[name] for name in self._sum_shapes()}
-
-    def _flat_sums(self) -> torch.Tensor:
-        """All sum fields concatenated into one float64 vector."""
+        The vector's merge rule is addition: the flat sums of a merge are the sum of the
+        inputs' flat sums (what an all-reduce or a torchmetrics ``"sum"`` state needs).
+        """
         return torch.cat([t.reshape(-1) for t in self._sum_fields().values()])
 
-    def _load_flat_sums(self, flat: torch.Tensor) -> None:
-        """Inverse of :meth:`_flat_sums` (e.g. after an all-reduce)."""
+    def load_flat_sums(self, flat: torch.Tensor) -> None:
+        """Replace the sum fields by ``flat`` (the inverse of :meth:`flat_sums`)."""
         offset = 0
-        for name, tensor in self._sum_fields().items():
+        fields = self._sum_fields()
+        total = sum(t.numel() for t in fields.values())
+        if flat.numel() != total:
+            raise InvalidInputError(f"flat must have {total} entries, got {flat.numel()}")
+        for name, tensor in fields.items():
             size = tensor.numel()
             self._state[name] = (
                 flat[offset : offset + size].reshape(tensor.shape).to(tensor).clone()
             )
             offset += size
-        if offset != flat.numel():
-            raise InvalidInputError(f"flat must have {offset} entries, got {flat.numel()}")
+
+    def pack_samples(self) -> torch.Tensor:
+        """``[2, sample_size, dim + 4]`` int64: both modalities' bottom-k samples, padded.
+
+        Rows travel as their exact float64 bits, then key, tiebreak, label and a validity
+        flag; :meth:`load_packed_samples` merges any number of such tensors exactly.
+        """
+        k, d = self.sample_size, self.dim
+        out = torch.zeros(2, k, d + 4, dtype=torch.int64)
+        for m, modality in enumerate(_MODALITIES):
+            rows, keys, tiebreak, labels = (
+                self._state[f"{modality}_sample{x}"] for x in _SAMPLE_SUFFIXES
+            )
+            n = rows.shape[0]
+            out[m, :n, :d] = rows.contiguous().view(torch.int64)
+            out[m, :n, d], out[m, :n, d + 1], out[m, :n, d + 2] = keys, tiebreak, labels
+            out[m, :n, d + 3] = 1
+        return out
+
+    def load_packed_samples(self, parts: Sequence[torch.Tensor]) -> None:
+        """Set the samples to the bottom-k of packed ``parts`` (sums untouched)."""
+        d = self.dim
+        for m, modality in enumerate(_MODALITIES):
+            rows = torch.cat([p[m][p[m][:, d + 3] == 1] for p in parts])
+            self._store_sample(
+                modality,
+                rows[:, :d].contiguous().view(torch.float64),
+                rows[:, d].contiguous(),
+                rows[:, d + 1].contiguous(),
+                rows[:, d + 2].contiguous(),
+            )
+
+    def empty_like(self) -> EmbeddingStats:
+        """Empty statistics of the same configuration (fingerprint, tables, sample size)."""
+        return self._empty_like(self.fingerprint)
+
+    def _sum_fields(self) -> dict[str, torch.Tensor]:
+        """The float64 sum fields, in a fixed order (live tensors)."""
+        return {name: self._state[name] for name in self._sum_shapes()}
 
     # -- internals -------------------------------------------------------------------------
 
@@ -475,9 +461,6 @@ class EmbeddingStats:
         ids: Any, n: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
         """``(keys, tiebreaks, labels)`` of a batch's rows for the bottom-k sample."""
-        # Imported here: synthguard.functional imports this module.
-        from synthguard.functional._hashing import hash_ids, hash_rows, splitmix64
-
         # The tiebreak (a content hash) makes the order total, so merges commute exactly even
         # when ids repeat; rows equal in (key, tiebreak) are identical and interchangeable.
         content = np.full(n, self.seed, dtype=np.uint64)

@@ -1,4 +1,4 @@
-"""GuardConfig: every knob of the decision rules, validated, frozen and documented."""
+"""``GuardConfig``: every knob of the decision rules, validated, frozen and documented."""
 
 from __future__ import annotations
 
@@ -7,28 +7,16 @@ from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synthguard._calibration import BATCH_TESTS
+from synthguard.checks import BATCH_TESTS, SAMPLE_CHECKS, BatchTestName, SampleCheckName
 
-__all__ = ["BatchTest", "GuardConfig", "SampleCheck"]
-
-SampleCheck = Literal["low_alignment", "off_manifold", "reference_copy", "label_mismatch"]
-BatchTest = Literal[
-    "alignment_shift",
-    "variance_ratio",
-    "vendi_ratio",
-    "coverage",
-    "frechet_distance",
-    "cmmd",
-    "duplicate_rate",
-    "flag_rate",
-]
+__all__ = ["GuardConfig"]
 
 
 class GuardConfig(BaseModel):
     """Configuration of :class:`~synthguard.Guard`; a misspelled field is an error.
 
     Thresholds are not set here: they are calibrated on the reference at the error rates
-    below. Defaults follow DESIGN.md §5.
+    below. The rules are in docs/design.md ("Decision rules").
 
     Attributes:
         alpha: target per-sample false-reject rate on real data. The per-sample checks are
@@ -42,14 +30,14 @@ class GuardConfig(BaseModel):
         seed: seed of the resamples and of row subsampling; equal seeds give equal reports.
         label_policy: what a calibrated label disagreement does: ``"relabel"`` (take the frozen
             model's label), ``"reject"`` (reason ``label_mismatch``) or ``"keep"`` (record it).
-        sample_checks: calibrated per-sample checks to run (``reference_copy`` also sets the
-            within-batch near-duplicate threshold). ``label_mismatch`` runs only when the
-            reference and the batch have labels.
-        batch_tests: batch tests in the Holm family (DESIGN.md §5: collapse risk, drift,
-            duplicates). ``flag_rate`` (more per-sample rejects than real data gives) is always
-            reported with its exact p-value but joins the family only when listed: the
-            per-sample gate already removes the rejected samples, so by default a batch is not
-            thrown away for them.
+        sample_checks: calibrated per-sample checks to run (:data:`synthguard.checks.
+            SAMPLE_CHECKS`). ``label_mismatch`` runs only when the reference and the batch have
+            labels; the opt-in ``long_caption`` only when the reference was built from captions.
+        batch_tests: batch tests in the Holm family (:data:`synthguard.checks.BATCH_TESTS`:
+            collapse risk, drift, duplicates). Every test is reported with its p-value; those
+            not listed are informational. Opt-in: ``flag_rate`` (more per-sample rejects than
+            real data gives: the per-sample gate already removes them, so by default a batch
+            is not thrown away for them) and ``alignment_variance``.
         min_batch_size: fewest embeddable samples for the batch tests; smaller batches get
             per-sample decisions only (the report says so).
         max_batch_rows: most rows the batch metrics use. The tests run at sizes on a
@@ -77,14 +65,11 @@ class GuardConfig(BaseModel):
     n_resamples: Annotated[int, Field(ge=19)] = 1000
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     label_policy: Literal["keep", "relabel", "reject"] = "relabel"
-    sample_checks: tuple[SampleCheck, ...] = (
-        "low_alignment",
-        "off_manifold",
-        "reference_copy",
-        "label_mismatch",
+    sample_checks: tuple[SampleCheckName, ...] = cast(
+        "tuple[SampleCheckName, ...]", tuple(n for n, c in SAMPLE_CHECKS.items() if c.default)
     )
-    batch_tests: tuple[BatchTest, ...] = cast(
-        "tuple[BatchTest, ...]", tuple(name for name in BATCH_TESTS if name != "flag_rate")
+    batch_tests: tuple[BatchTestName, ...] = cast(
+        "tuple[BatchTestName, ...]", tuple(n for n, t in BATCH_TESTS.items() if t.default)
     )
     min_batch_size: Annotated[int, Field(ge=2)] = 10
     max_batch_rows: Annotated[int, Field(ge=2)] = 1024

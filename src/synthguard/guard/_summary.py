@@ -26,16 +26,18 @@ of waiting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from synthguard._distributed import collective_device
 from synthguard._errors import InvalidInputError, SynthGuardError
-from synthguard.functional._hashing import hash_ids
+from synthguard.guard._plan import GuardPlan
+from synthguard.guard._rows import EmbeddedRows
+from synthguard.guard._samples import SampleOutcome
+from synthguard.stats._collective import collective_device
+from synthguard.stats._hashing import hash_ids
 
 __all__ = ["BatchSummary", "DistributedShard", "LocalShard", "summarise"]
 
@@ -171,45 +173,28 @@ def shard_for(sync: bool | None, group: Any = None) -> LocalShard:
 
 
 def summarise(
-    shard: LocalShard,
-    *,
-    image: torch.Tensor,
-    text: torch.Tensor,
-    ids: Sequence[int | str],
-    valid: torch.Tensor,
-    accepted: torch.Tensor,
-    flagged: torch.Tensor,
-    labels: Sequence[int] | None,
-    carried: Sequence[int | None],
-    default_ids: bool,
-    rows_for: Callable[[int], int],
-    duplicate_rows_for: Callable[[int], int],
-    min_rows: int,
-    seed: int,
-    num_labels: int | None,
-    concept_counter: Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]],
+    shard: LocalShard, plan: GuardPlan, rows: EmbeddedRows, outcome: SampleOutcome
 ) -> BatchSummary:
     """Reduce this rank's rows (all ranks call it together) to the batch's :class:`BatchSummary`.
 
-    Args:
-        image, text: ``[n, d]`` unit rows (NaN where not embeddable).
-        ids: the samples' report ids (unique across ranks, except padding repeats).
-        valid, accepted, flagged: ``[n]`` bool per sample.
-        labels: given labels (``None`` without); ``carried``: the label each sample carries
-            on after relabeling (``None`` entries without labels).
-        default_ids: the ids are the default ``0..n-1`` (refused across ranks).
-        rows_for / duplicate_rows_for: the row count the distribution / duplicate tests use
-            for a number of accepted / embeddable rows (0 or below ``min_rows``: skipped).
-        seed: seeds the subsample above the caps.
-        num_labels: classes, for the label counts.
-        concept_counter: ``(image rows, labels or None) -> {table: counts}``.
+    The rows the distribution and duplicate tests use are the plan's grid sizes for the
+    batch's accepted and embeddable counts (below ``min_batch_size``: none), drawn by a seeded
+    permutation over the rank-ordered batch.
     """
+    image, text, labels = rows.image, rows.text, rows.labels
+    valid = rows.valid
+    accepted = torch.tensor([d.accepted for d in outcome.decisions], dtype=torch.bool)
+    carried = [d.new_label for d in outcome.decisions]
+    names = plan.reference.label_names
+    num_labels = None if names is None else len(names)
+    min_rows, seed = plan.config.min_batch_size, plan.config.seed
     n = image.shape[0]
     meta = torch.zeros(n, _META, dtype=torch.int64)
-    meta[:, 0] = torch.from_numpy(hash_ids(list(ids), n, 0).view(np.int64))
+    ids = [d.id for d in outcome.decisions]
+    meta[:, 0] = torch.from_numpy(hash_ids(ids, n, 0).view(np.int64))
     meta[:, 1] = (
-        valid.long() * _VALID + accepted.long() * _ACCEPTED + flagged.long() * _FLAGGED
-        + (labels is not None) * _LABELLED + default_ids * _DEFAULT_IDS
+        valid.long() * _VALID + accepted.long() * _ACCEPTED + outcome.flagged.long() * _FLAGGED
+        + (labels is not None) * _LABELLED + rows.default_ids * _DEFAULT_IDS
     )  # fmt: skip
     meta[:, 2] = torch.tensor(list(labels) if labels is not None else [-1] * n)
     meta[:, 3] = torch.tensor([-1 if c is None else c for c in carried], dtype=torch.int64)
@@ -235,15 +220,15 @@ def summarise(
     valid_idx = torch.nonzero(is_valid).flatten()
     accepted_idx = torch.nonzero(is_accepted).flatten()
 
-    rows = rows_for(accepted_idx.numel())
-    dup_rows = duplicate_rows_for(valid_idx.numel())
+    n_rows = plan.rows_for(accepted_idx.numel())
+    dup_rows = plan.duplicate_rows_for(valid_idx.numel())
     picked = dup_pick = torch.zeros(0, dtype=torch.int64)
     if dup_rows >= min_rows:  # the same draws, in the same order, as one process would make
         gen = torch.Generator().manual_seed(seed)
         dup_pick = valid_idx[torch.randperm(valid_idx.numel(), generator=gen)[:dup_rows]]
         dup_pick = dup_pick.sort()[0]
-        if rows >= min_rows:
-            picked = accepted_idx[torch.randperm(accepted_idx.numel(), generator=gen)[:rows]]
+        if n_rows >= min_rows:
+            picked = accepted_idx[torch.randperm(accepted_idx.numel(), generator=gen)[:n_rows]]
             picked = picked.sort()[0]
     pairs, duplicates = _fetch(
         shard, [(torch.cat([image, text], dim=1), picked), (image, dup_pick)], offset
@@ -257,9 +242,9 @@ def summarise(
     local_accepted = torch.nonzero(is_accepted[mine]).flatten()
     local_carried = everyone[mine, 3][local_accepted]
     with_label = local_accepted[local_carried >= 0]
-    tables = concept_counter(image[local_accepted], None)
+    tables = plan.count_concepts(image[local_accepted], None)
     if num_labels is not None and bool((everyone[is_accepted, 3] >= 0).any()):
-        by_class = concept_counter(image[with_label], everyone[mine, 3][with_label])
+        by_class = plan.count_concepts(image[with_label], everyone[mine, 3][with_label])
         tables.update({f"{name}/by_class": t for name, t in by_class.items()})
     tables = _sum_tables(shard, tables)
     return BatchSummary(

@@ -7,16 +7,14 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
-from synthguard._demo.loop import ARMS
-from synthguard._html import histogram_svg
 from synthguard._io import atomic_write_text
-
-if TYPE_CHECKING:
-    from synthguard._demo.run import DemoResult
+from synthguard.cli._demo._loop import ARMS
+from synthguard.cli._demo._result import DemoResult, format_table, summary_lines
+from synthguard.report._html import histogram_svg
 
 __all__ = ["line_chart_svg", "write_report"]
 
@@ -74,8 +72,6 @@ def _png(pixels: Any) -> str:
 
 def write_report(result: DemoResult, path: Path) -> None:
     """Write the demo report atomically."""
-    from synthguard._demo.run import format_table, summary_lines
-
     legend = " ".join(
         f"<span style='color:{_COLOURS[a]};font-weight:600'>■ {a}</span>" for a in ARMS
     )

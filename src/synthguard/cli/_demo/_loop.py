@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from synthguard.data import PairBatch
+from synthguard.batch import PairBatch
 from synthguard.datasets import digit_caption
 from synthguard.guard import Guard
 from synthguard.report import GuardReport

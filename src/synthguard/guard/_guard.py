@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,17 +9,19 @@ import torch
 
 from synthguard._errors import EncoderError, InvalidInputError, SynthGuardError
 from synthguard._reasons import ReasonCode
-from synthguard._sample_checks import check_samples
-from synthguard._shards import LocalShard, shard_for, summarise
-from synthguard._validation import check_label_range, describe, unit_rows_or_nan
-from synthguard._verdict import make_report
+from synthguard._validation import describe, unit_rows_or_nan
+from synthguard.batch import PairBatch
 from synthguard.concepts import ConceptBank
-from synthguard.data import PairBatch
+from synthguard.config import GuardConfig
 from synthguard.encoders import Encoder, embed_pairs, load_encoder
-from synthguard.policy import GuardConfig
+from synthguard.guard._decide import decide
+from synthguard.guard._plan import GuardPlan
+from synthguard.guard._rows import EmbeddedRows, mark_unembedded
+from synthguard.guard._summary import shard_for
 from synthguard.reference import Reference
+from synthguard.reference._build import caption_tokens
 from synthguard.relabel import Recaptioner, Relabel
-from synthguard.report import GuardReport, count_reasons
+from synthguard.report import GuardReport
 
 __all__ = ["Guard"]
 
@@ -68,47 +69,38 @@ class Guard:
         recaptioner: Recaptioner | None = None,
         concept_banks: Sequence[ConceptBank] = (),
     ) -> None:
-        if not isinstance(reference, Reference):
-            raise InvalidInputError(f"reference must be a Reference; got {describe(reference)}")
-        if config is not None and not isinstance(config, GuardConfig):
-            raise InvalidInputError(f"config must be a GuardConfig; got {describe(config)}")
+        self.plan = GuardPlan.compile(reference, config, concept_banks)
         self.reference = reference
-        self.config = config or GuardConfig()
+        self.config = self.plan.config
         self.recaptioner = recaptioner
         self._encoder = encoder if encoder is not None else reference.encoder
         if self._encoder is None and reference.encoder_spec is not None:
             self._encoder = load_encoder(reference.encoder_spec)
         if self._encoder is not None:
             reference.check_encoder(self._encoder)
-        self.checks = tuple(
-            c for c in self.config.sample_checks if c in reference.calibration.names
-        )
-        self.concept_banks = (*reference.concept_banks, *concept_banks)
-        groups = [g for bank in self.concept_banks for g in getattr(bank, "groups", ())]
-        repeated = sorted({g for g in groups if groups.count(g) > 1})
-        if repeated:
-            raise InvalidInputError(
-                f"concept bank group names must be unique across banks; {repeated} repeat"
-            )
-        for bank in self.concept_banks:
-            if not isinstance(bank, ConceptBank):
-                raise InvalidInputError(
-                    f"concept_banks must hold ConceptBanks; got {describe(bank)}"
-                )
-            bank.check_encoder(reference.fingerprint)
-            if bank.margins is None:
-                bank.calibrate(reference.support_image)
-        family = len(self.config.batch_tests) + sum(len(b.groups) for b in self.concept_banks)
-        if family and (self.config.n_resamples + 1) * self.config.alpha_batch / family < 1:
-            raise InvalidInputError(
-                f"n_resamples must be >= {math.ceil(family / self.config.alpha_batch) - 1} for "
-                f"{family} batch tests (concept groups included) at alpha_batch "
-                f"{self.config.alpha_batch}; got {self.config.n_resamples}"
-            )
-        # Checks whose flag rejects a sample: a relabeled (or kept) label disagreement does not.
-        self.rejecting = tuple(
-            c for c in self.checks if c != "label_mismatch" or self.config.label_policy == "reject"
-        )
+
+    @property
+    def checks(self) -> tuple[str, ...]:
+        """The enabled per-sample checks the reference calibrates, in config order."""
+        return self.plan.check_names
+
+    @property
+    def rejecting(self) -> tuple[str, ...]:
+        """The checks whose flag rejects a sample (a relabeled label does not)."""
+        return self.plan.rejecting
+
+    @property
+    def concept_banks(self) -> tuple[ConceptBank, ...]:
+        """The reference's concept banks, then the guard's own."""
+        return self.plan.concept_banks
+
+    def rows_for(self, accepted: int) -> int:
+        """Rows the distribution tests use for ``accepted`` accepted samples (0: too few)."""
+        return self.plan.rows_for(accepted)
+
+    def duplicate_rows_for(self, valid: int) -> int:
+        """Rows the duplicate-rate test uses for ``valid`` embeddable samples (0: too few)."""
+        return self.plan.duplicate_rows_for(valid)
 
     @property
     def encoder(self) -> Encoder | None:
@@ -146,17 +138,23 @@ class Guard:
             )
         shard = shard_for(sync, group)
         try:
-            self._check_labels(batch.labels)
+            self.plan.check_labels(batch.labels)
             emb = self._embed(batch)
             dim = self.reference.stats.dim
             image = unit_rows_or_nan("encoder image embeddings", emb.image, dim)
             text = unit_rows_or_nan("encoder text embeddings", emb.text, dim)
             caption_relabels = self._recaption(batch, image, text, emb.errors)
-            return self._decide(
-                image, text, batch.labels, batch.ids, dict(emb.errors),
-                dict(emb.error_details), caption_relabels, emb.truncated, shard,
+            captions = [
+                str(caption_relabels[i].new_value)
+                if i in caption_relabels and caption_relabels[i].applied else caption
+                for i, caption in enumerate(batch.captions)
+            ]  # fmt: skip
+            rows = EmbeddedRows(
+                image, text, batch.ids, batch.labels, dict(emb.errors), dict(emb.error_details),
+                caption_relabels, emb.truncated, caption_tokens(captions),
                 default_ids=not batch.ids_given,
             )  # fmt: skip
+            return decide(self.plan, rows, shard)
         except BaseException:
             shard.fail()  # before the first collective, the other ranks must not wait
             raise
@@ -199,31 +197,26 @@ class Guard:
             # Labels and ids are validated exactly as a PairBatch validates them.
             n = image.shape[0]
             meta = PairBatch([None] * n, [""] * n, labels=labels, ids=ids)
-            self._check_labels(meta.labels)
+            self.plan.check_labels(meta.labels)
             errors: dict[int, ReasonCode] = {}
             details: dict[int, str] = {}
             mark_unembedded(image, text, errors, details)
-            return self._decide(
-                image, text, meta.labels, meta.ids, errors, details, {}, None, shard,
-                default_ids=ids is None,
-            )  # fmt: skip
+            rows = EmbeddedRows(
+                image, text, meta.ids, meta.labels, errors, details, default_ids=ids is None
+            )
+            return decide(self.plan, rows, shard)
         except BaseException:
             shard.fail()
             raise
 
     # -- internals -------------------------------------------------------------------------
 
-    def _check_labels(self, labels: list[int] | None) -> None:
-        names = self.reference.label_names
-        if labels is not None and names is not None:
-            check_label_range(labels, len(names))
-
     def _recaption(
         self, batch: PairBatch, image: torch.Tensor, text: torch.Tensor, errors: dict[int, Any]
     ) -> dict[int, Relabel]:
         if self.recaptioner is None or "low_alignment" not in self.checks:
             return {}
-        limit = self.reference.thresholds(self.config.alpha, self.checks)["low_alignment"]
+        limit = self.plan.threshold("low_alignment")
         low = [
             i for i in range(len(batch))
             if i not in errors and float((image[i] * text[i]).sum()) < limit
@@ -248,100 +241,5 @@ class Guard:
                 text[i] = unit_rows_or_nan("encoder text embeddings", new, text.shape[1])[0]
         return out
 
-    def _decide(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        labels: list[int] | None,
-        ids: list[Any],
-        errors: dict[int, ReasonCode],
-        details: dict[int, str],
-        caption_relabels: dict[int, Relabel],
-        truncated: torch.Tensor | None = None,
-        shard: LocalShard | None = None,
-        *,
-        default_ids: bool = False,
-    ) -> GuardReport:
-        cfg, ref = self.config, self.reference
-        shard = shard or LocalShard()
-        outcome = check_samples(
-            ref, image, text, labels=labels if ref.has_labels else None, ids=ids, errors=errors,
-            error_details=details, checks=self.checks, alpha=cfg.alpha,
-            label_policy=cfg.label_policy, caption_relabels=caption_relabels, truncated=truncated,
-        )  # fmt: skip
-        decisions = tuple(outcome.decisions)
-        valid = torch.ones(image.shape[0], dtype=torch.bool)
-        valid[list(errors)] = False
-        names = ref.label_names
-        summary = summarise(
-            shard, image=image, text=text, ids=[d.id for d in decisions],
-            valid=valid, accepted=torch.tensor([d.accepted for d in decisions]),
-            flagged=outcome.flagged, labels=labels, carried=[d.new_label for d in decisions],
-            default_ids=default_ids,
-            rows_for=self.rows_for, duplicate_rows_for=self.duplicate_rows_for,
-            min_rows=cfg.min_batch_size, seed=cfg.seed,
-            num_labels=None if names is None else len(names),
-            concept_counter=self.count_concepts,
-        )  # fmt: skip
-        report = make_report(
-            self, summary, samples=decisions, n_relabeled=outcome.n_relabeled,
-            rejects_by_reason=count_reasons(decisions),
-            n_truncated=sum(d.truncated for d in decisions),
-        )  # fmt: skip
-        # Every rank computed the verdict from the same rows; a last collective makes sure
-        # numerics (another BLAS, another GPU) did not split it: any reject rejects for all.
-        if summary.world_size > 1 and not shard.all_true(report.accepted):
-            reason = "another rank's verdict on the same rows was reject (numerical disagreement)"
-            report = report.model_copy(
-                update={"accepted": False, "reasons": (*report.reasons, reason)}
-            )
-        return report
-
-    def rows_for(self, accepted: int) -> int:
-        """Rows the distribution tests use for ``accepted`` accepted samples (0: too few)."""
-        cfg, ref = self.config, self.reference
-        pool = ref.accepted_support(cfg.alpha, self.checks, self.rejecting).numel()
-        return _cap(accepted, cfg.max_batch_rows, pool // 2)
-
-    def duplicate_rows_for(self, valid: int) -> int:
-        """Rows the duplicate-rate test uses for ``valid`` embeddable samples (0: too few)."""
-        return _cap(valid, self.config.max_batch_rows, self.reference.n_support // 2)
-
-    def count_concepts(
-        self, image: torch.Tensor, labels: torch.Tensor | None
-    ) -> dict[str, torch.Tensor]:
-        """Concept counts of unit image rows per bank group (per class with ``labels``)."""
-        names = self.reference.label_names
-        out: dict[str, torch.Tensor] = {}
-        for bank in self.concept_banks:
-            if labels is None:
-                out.update(bank.counts(image))
-            elif names is not None:
-                out.update(bank.counts(image, labels, len(names)))
-        return out
-
     def __repr__(self) -> str:
         return f"Guard({self.reference!r}, alpha={self.config.alpha}, checks={self.checks})"
-
-
-#: Sizes the batch tests run at: a geometric grid (ratio 2^¼). A batch is subsampled (seeded) to
-#: the largest grid size it reaches, so batches whose accepted counts differ by a few samples
-#: share one cached null distribution instead of recalibrating (at most 16% of rows unused).
-_GRID = tuple(sorted({round(2 ** (k / 4)) for k in range(4, 4 * 24)}))
-
-
-def _cap(n: int, *limits: int) -> int:
-    """The largest grid size not above ``n`` or any limit (0 when below the grid)."""
-    top = min(n, *limits)
-    return max((g for g in _GRID if g <= top), default=0)
-
-
-def mark_unembedded(
-    image: torch.Tensor, text: torch.Tensor, errors: dict[int, ReasonCode],
-    details: dict[int, str],
-) -> None:  # fmt: skip
-    """Add ``encoding_failed`` for NaN rows (from :func:`unit_rows_or_nan`) not yet marked."""
-    for name, x in (("image", image), ("text", text)):
-        for i in torch.nonzero(torch.isnan(x).any(dim=1)).flatten().tolist():
-            errors.setdefault(i, ReasonCode.ENCODING_FAILED)
-            details.setdefault(i, f"the {name} embedding is NaN, infinite or zero")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthguard._demo.loop import ARMS, Generation, LoopConfig, fit_classifier, run_generation
 from synthguard._validation import check_int
+from synthguard.cli._demo._html import write_report
+from synthguard.cli._demo._loop import ARMS, Generation, LoopConfig, fit_classifier, run_generation
+from synthguard.cli._demo._result import DemoResult
 from synthguard.datasets import DIGIT_NAMES, load_digits
 from synthguard.encoders import load_encoder
 from synthguard.guard import Guard
@@ -23,18 +24,6 @@ from synthguard.reference import Reference
 __all__ = ["DemoResult", "run_demo"]
 
 TEMPLATE = "a handwritten digit {name}"
-
-
-@dataclass
-class DemoResult:
-    """What the demo measured, per arm and generation (also in the JSONL logs)."""
-
-    rows: dict[str, list[dict[str, Any]]]  # arm -> one record per generation
-    first_warning: dict[str, int | None]  # arm -> first generation with a collapse warning
-    out: Path
-    seconds: float
-    examples: dict[str, list[Any]] = field(default_factory=dict)  # (pixels, reason) pairs
-    alignments: dict[str, list[float]] = field(default_factory=dict)  # arm -> last generation
 
 
 class _Embedder:
@@ -124,8 +113,6 @@ def run_demo(
     alignments["real"] = (real_image * real_text).sum(dim=1).tolist()
     first = {arm: next((r["generation"] for r in rows[arm] if r["warnings"]), None) for arm in ARMS}
     result = DemoResult(rows, first, out, time.perf_counter() - start, examples, alignments)
-    from synthguard._demo.html import write_report
-
     write_report(result, out / "report.html")
     result.seconds = time.perf_counter() - start
     return result
@@ -138,42 +125,3 @@ def _collect(examples: dict[str, list[Any]], synthetic: Generation, arm: str) ->
     examples["accepted"].extend((p, "accepted") for p in synthetic.accepted[:5])
     for reason, pixels in synthetic.rejected.items():
         examples["rejected"].extend((p, reason) for p in pixels[:2])
-
-
-def format_table(result: DemoResult) -> str:
-    """The per-generation table printed by the CLI (Markdown)."""
-    head = ("| gen | arm | real-test acc | variance ratio | Vendi ratio | FD | alignment | "
-            "coverage | rejects (guard) |")  # fmt: skip
-    lines = [head, "|" + "---|" * 9]
-    generations = len(next(iter(result.rows.values())))
-    for g in range(generations):
-        for arm in ARMS:
-            r = result.rows[arm][g]
-            m = r["metrics"]
-            guard = r.get("guard", {}).get("rejects_by_reason", {})
-            rejects = ", ".join(f"{k} {v}" for k, v in guard.items()) or "—"
-            if r.get("guard", {}).get("batches_rejected"):
-                rejects += f"; {r['guard']['batches_rejected']} batches"
-            warn = " ⚠" if r["warnings"] else ""
-            lines.append(
-                f"| {g} | {arm}{warn} | {m['accuracy']:.3f} | {m['variance_ratio']:.3f} | "
-                f"{m['vendi_ratio']:.3f} | {m['frechet_distance']:.4f} | "
-                f"{m['alignment_mean']:.3f} | {m['coverage']:.3f} | {rejects} |"
-            )
-    return "\n".join(lines)
-
-
-def summary_lines(result: DemoResult) -> list[str]:
-    """The claims the demo checks, in words, with the measured numbers."""
-    out = []
-    for arm in ARMS:
-        accs = [r["metrics"]["accuracy"] for r in result.rows[arm]]
-        warn = result.first_warning[arm]
-        change = (accs[-1] - accs[0]) * 100
-        line = f"{arm:>10}: accuracy {accs[0]:.3f} -> {accs[-1]:.3f} ({change:+.1f} points)"
-        if warn is not None:
-            message = result.rows[arm][warn]["warnings"][0]["message"]
-            line += (f"; first warning at generation {warn} (accuracy then "
-                     f"{(accs[warn] - accs[0]) * 100:+.1f} points): {message}")  # fmt: skip
-        out.append(line)
-    return out

@@ -20,7 +20,7 @@ __all__ = ["run_bench"]
 
 def run_bench(repeats: int = 3) -> str:
     """Run the benchmark and return its report as Markdown."""
-    from synthguard.data import PairBatch
+    from synthguard.batch import PairBatch
     from synthguard.datasets import DIGIT_NAMES, load_digits
     from synthguard.encoders import load_encoder
     from synthguard.guard import Guard

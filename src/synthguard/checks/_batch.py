@@ -1,0 +1,156 @@
+"""The batch tests: one registry entry each, the only place a test is defined.
+
+A batch test turns a batch (its accepted pairs, its embeddable images, its counts) into one
+number with a collapse direction. Resampled tests get their null from real-vs-real resamples
+of the reference support at the batch's size (:mod:`synthguard.checks._null`); the exact test
+(the flag rate) has a closed-form null. The family of tests enabled by
+``GuardConfig.batch_tests`` is combined with Holm's correction; the others are reported as
+informational, with their p-values.
+
+To add a test, add one :class:`BatchTest` to :data:`BATCH_TESTS`, its name to
+:data:`BatchTestName` and its tests (docs/design.md, "How to add a batch test").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from synthguard.checks._geometry import max_cosine
+from synthguard.checks._inference import Direction
+
+__all__ = [
+    "BATCH_TESTS",
+    "RESAMPLED_TESTS",
+    "BatchTest",
+    "BatchTestName",
+    "TestInputs",
+    "duplicate_rate",
+]
+
+BatchTestName = Literal[
+    "alignment_shift",
+    "variance_ratio",
+    "vendi_ratio",
+    "coverage",
+    "frechet_distance",
+    "cmmd",
+    "alignment_variance",
+    "duplicate_rate",
+    "flag_rate",
+]
+
+
+@dataclass(frozen=True)
+class TestInputs:
+    """What a batch test reads: the same for a checked batch and for a resample of it.
+
+    Attributes:
+        metrics: :func:`synthguard.functional.collapse_metrics` of the accepted pairs against
+            the accepted reference pairs (empty when there were too few accepted pairs).
+        duplicate_image: ``[r, d]`` embeddable image rows (``None``: too few).
+        duplicate_cosine: the calibrated near-duplicate cosine.
+        n, n_flagged: samples, and samples rejected per sample or unembeddable.
+    """
+
+    metrics: Mapping[str, float]
+    duplicate_image: torch.Tensor | None = None
+    duplicate_cosine: float = float("inf")
+    n: int = 0
+    n_flagged: int = 0
+
+
+@dataclass(frozen=True)
+class BatchTest:
+    """One batch test.
+
+    Attributes:
+        name: the test's name in ``GuardConfig.batch_tests`` and in ``GuardReport.metrics``.
+        direction: ``"low"``: small values signal collapse risk; ``"high"``: large ones.
+        null: ``"resampled"`` (real-vs-real resamples at the batch's size) or ``"exact"``
+            (the beta-binomial null of :func:`~synthguard.checks.flag_rate_test`).
+        rows: what the test reads: the accepted pairs (skipped below ``min_batch_size``),
+            the embeddable images, or the sample counts.
+        value: the test's value from its inputs (NaN when undefined).
+        summary: one line for the docs.
+        default: in the Holm family of a default :class:`~synthguard.GuardConfig`.
+    """
+
+    name: BatchTestName
+    direction: Direction
+    null: Literal["resampled", "exact"]
+    rows: Literal["accepted", "embeddable", "counts"]
+    value: Callable[[TestInputs], float]
+    summary: str
+    default: bool = True
+
+
+def duplicate_rate(image: torch.Tensor, cosine: float) -> float:
+    """Share of rows whose cosine to an earlier row is above ``cosine``."""
+    return float((max_cosine(image, exclude="later") > cosine).double().mean())
+
+
+def _metric(name: str) -> Callable[[TestInputs], float]:
+    return lambda inputs: inputs.metrics[name]
+
+
+def _duplicates(inputs: TestInputs) -> float:
+    if inputs.duplicate_image is None:
+        return float("nan")
+    return duplicate_rate(inputs.duplicate_image, inputs.duplicate_cosine)
+
+
+_TESTS = (
+    BatchTest(
+        name="alignment_shift", direction="low", null="resampled", rows="accepted",
+        value=_metric("alignment_shift"),
+        summary="mean image–caption cosine minus the reference's",
+    ),
+    BatchTest(
+        name="variance_ratio", direction="low", null="resampled", rows="accepted",
+        value=_metric("variance_ratio"),
+        summary="total variance of the images over the reference's",
+    ),
+    BatchTest(
+        name="vendi_ratio", direction="low", null="resampled", rows="accepted",
+        value=_metric("vendi_ratio"), summary="Vendi score over the reference's",
+    ),
+    BatchTest(
+        name="coverage", direction="low", null="resampled", rows="accepted",
+        value=_metric("coverage"), summary="share of the reference's k-NN balls hit",
+    ),
+    BatchTest(
+        name="frechet_distance", direction="high", null="resampled", rows="accepted",
+        value=_metric("frechet_distance"), summary="Fréchet distance to the reference",
+    ),
+    BatchTest(
+        name="cmmd", direction="high", null="resampled", rows="accepted",
+        value=_metric("cmmd"), summary="CMMD to the reference's CMMD rows",
+    ),
+    # Opt-in: the paper's collapsing captioner raised alignment variance 22 % before the mean
+    # moved; it joins the Holm family when listed in GuardConfig.batch_tests.
+    BatchTest(
+        name="alignment_variance", direction="high", null="resampled", rows="accepted",
+        value=_metric("alignment_variance"),
+        summary="variance of the image–caption cosine over the reference's", default=False,
+    ),
+    BatchTest(
+        name="duplicate_rate", direction="high", null="resampled", rows="embeddable",
+        value=_duplicates, summary="share of images closer to an earlier one than real data",
+    ),
+    # Off by default: the per-sample gate already removes the rejected samples, so a batch is
+    # not thrown away for them unless asked.
+    BatchTest(
+        name="flag_rate", direction="high", null="exact", rows="counts",
+        value=lambda inputs: inputs.n_flagged / inputs.n if inputs.n else float("nan"),
+        summary="share of samples rejected per sample or unembeddable", default=False,
+    ),
+)  # fmt: skip
+
+#: Every batch test by name, in report order.
+BATCH_TESTS: dict[str, BatchTest] = {test.name: test for test in _TESTS}
+#: The tests whose null is resampled, in the column order of a resampled null.
+RESAMPLED_TESTS: tuple[str, ...] = tuple(t.name for t in _TESTS if t.null == "resampled")

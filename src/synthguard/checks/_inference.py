@@ -1,0 +1,87 @@
+"""p-values, rejection bounds, Holm's step-down procedure and the exact flag-rate test.
+
+Resampling p-values are ``(1 + #{null at least as extreme}) / (R + 1)``; every bound is the
+value strictly beyond which that p-value is at most the test's level, so a report's
+``value``/``bound``/``p_value`` always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import stats as scipy_stats
+
+__all__ = ["Direction", "bound_at", "empirical_p", "flag_rate_test", "holm"]
+
+Direction = Literal["low", "high"]
+
+
+def empirical_p(null: torch.Tensor, value: float, direction: Direction) -> float:
+    """One-sided resampling p-value ``(1 + #{null at least as extreme}) / (R + 1)``."""
+    extreme = null <= value if direction == "low" else null >= value
+    return (1.0 + float(extreme.sum())) / (null.numel() + 1.0)
+
+
+def bound_at(null: torch.Tensor, level: float, direction: Direction) -> float | None:
+    """The value beyond which :func:`empirical_p` is ``<= level`` (strictly beyond it).
+
+    ``p <= level`` holds iff at most ``c = floor(level·(R+1)) − 1`` null values are as extreme,
+    i.e. iff the value is strictly beyond the ``(c+1)``-th most extreme null value. ``None``
+    when no value can reach ``level`` with ``R`` resamples.
+    """
+    c = math.floor(level * (null.numel() + 1) + 1e-9) - 1
+    if c < 0:
+        return None
+    ordered = torch.sort(null, descending=direction == "high").values
+    if c >= ordered.numel():
+        return math.inf if direction == "low" else -math.inf
+    return float(ordered[c])
+
+
+def holm(p_values: list[float], alpha: float) -> tuple[list[float], list[float], list[bool]]:
+    """Holm's step-down procedure: per test its level, adjusted p-value and rejection.
+
+    The test of rank ``i`` (0-based, ascending p) is tried at ``alpha / (K − i)``; testing stops
+    at the first that passes. Adjusted p-values ``max_{j<=i} min(1, (K − j)·p_(j))`` are
+    rejected exactly when ``<= alpha``.
+    """
+    k = len(p_values)
+    order = np.argsort(np.asarray(p_values, dtype=np.float64), kind="stable")
+    levels, adjusted, rejected = [0.0] * k, [0.0] * k, [False] * k
+    running, still = 0.0, True
+    for rank, index in enumerate(order):
+        levels[index] = alpha / (k - rank)
+        running = max(running, min(1.0, (k - rank) * p_values[index]))
+        adjusted[index] = running
+        still = still and p_values[index] <= levels[index]
+        rejected[index] = still
+    return levels, adjusted, rejected
+
+
+def flag_rate_test(
+    flagged: int, total: int, support_flagged: int, support_size: int, level: float
+) -> tuple[float, float, float]:
+    """Exact one-sided p-value of ``flagged`` of ``total``, the rate bound at ``level`` and
+    the null's median rate.
+
+    A fresh real pair fails the calibrated checks with probability ``Beta(U + 1, n − U + 1)``
+    (split-conformal, ``U`` of the ``n`` support pairs flagged), so the count is
+    ``BetaBinomial(total, U + 1, n − U + 1)``; the test fails when the rate is strictly above
+    the returned bound.
+    """
+    a, b = support_flagged + 1, support_size - support_flagged + 1
+    p = float(scipy_stats.betabinom.sf(flagged - 1, total, a, b))
+    # The first k with P(X >= k) <= level, by bisection (the tail falls with k; P(X >= total
+    # + 1) = 0): O(log total) tail evaluations, so pools of millions of rows cost the same.
+    first, last = 0, total + 1
+    while first < last:
+        mid = (first + last) // 2
+        if float(scipy_stats.betabinom.sf(mid - 1, total, a, b)) <= level:
+            last = mid
+        else:
+            first = mid + 1
+    median = float(scipy_stats.betabinom.median(total, a, b)) / total
+    return p, (first - 1) / total, median

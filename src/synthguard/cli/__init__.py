@@ -1,0 +1,5 @@
+"""The ``synthguard`` command line (console script ``synthguard = "synthguard.cli:main"``)."""
+
+from synthguard.cli._commands import main
+
+__all__ = ["main"]

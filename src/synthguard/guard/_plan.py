@@ -1,0 +1,192 @@
+"""``GuardPlan``: a guard's configuration compiled against its reference, once.
+
+Everything :func:`~synthguard.guard.decide` needs and nothing it must recompute per batch: the
+enabled per-sample checks the reference can run (and which of them reject), their joint
+thresholds, the support pairs they accept, the batch tests of the Holm family, the concept
+banks, and the grid of batch sizes the batch tests run at. A plan holds no encoder, so the
+distributed path and the Ray pool use the same plan as ``Guard.check``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import torch
+
+from synthguard._errors import InvalidInputError
+from synthguard._validation import check_label_range, describe
+from synthguard.checks import (
+    BATCH_TESTS,
+    SAMPLE_CHECKS,
+    BatchContext,
+    BatchTest,
+    SampleCheck,
+    flag_rate_test,
+)
+from synthguard.concepts import ConceptBank
+from synthguard.config import GuardConfig
+from synthguard.reference import Reference
+
+__all__ = ["GRID", "GuardPlan"]
+
+#: Sizes the batch tests run at: a geometric grid (ratio 2^¼). A batch is subsampled (seeded) to
+#: the largest grid size it reaches, so batches whose accepted counts differ by a few samples
+#: share one cached null distribution instead of recalibrating (at most 16% of rows unused).
+GRID = tuple(sorted({round(2 ** (k / 4)) for k in range(4, 4 * 24)}))
+
+
+@dataclass(frozen=True, eq=False)
+class GuardPlan:
+    """A :class:`~synthguard.GuardConfig` compiled against a :class:`~synthguard.Reference`.
+
+    Build with :meth:`compile`. Derived quantities are computed on first use and kept.
+
+    Attributes:
+        config: the configuration.
+        reference: the real-data reference.
+        checks: the enabled per-sample checks the reference calibrates, in config order.
+        concept_banks: the reference's banks, then the guard's own.
+    """
+
+    config: GuardConfig
+    reference: Reference
+    checks: tuple[SampleCheck, ...]
+    concept_banks: tuple[ConceptBank, ...] = ()
+
+    @classmethod
+    def compile(
+        cls,
+        reference: Reference,
+        config: GuardConfig | None = None,
+        concept_banks: Sequence[ConceptBank] = (),
+    ) -> GuardPlan:
+        """Validate ``config`` and ``concept_banks`` against ``reference``; calibrate banks."""
+        if not isinstance(reference, Reference):
+            raise InvalidInputError(f"reference must be a Reference; got {describe(reference)}")
+        if config is not None and not isinstance(config, GuardConfig):
+            raise InvalidInputError(f"config must be a GuardConfig; got {describe(config)}")
+        config = config or GuardConfig()
+        available = reference.calibration.names
+        checks = tuple(SAMPLE_CHECKS[c] for c in config.sample_checks if c in available)
+        banks = (*reference.concept_banks, *concept_banks)
+        for bank in banks:
+            if not isinstance(bank, ConceptBank):
+                raise InvalidInputError(
+                    f"concept_banks must hold ConceptBanks; got {describe(bank)}"
+                )
+        groups = [g for bank in banks for g in bank.groups]
+        repeated = sorted({g for g in groups if groups.count(g) > 1})
+        if repeated:
+            raise InvalidInputError(
+                f"concept bank group names must be unique across banks; {repeated} repeat"
+            )
+        for bank in banks:
+            bank.check_encoder(reference.fingerprint)
+            if bank.margins is None:
+                bank.calibrate(reference.support_image)
+        family = len(config.batch_tests) + len(groups)
+        if family and (config.n_resamples + 1) * config.alpha_batch / family < 1:
+            raise InvalidInputError(
+                f"n_resamples must be >= {math.ceil(family / config.alpha_batch) - 1} for "
+                f"{family} batch tests (concept groups included) at alpha_batch "
+                f"{config.alpha_batch}; got {config.n_resamples}"
+            )
+        return cls(config=config, reference=reference, checks=checks, concept_banks=banks)
+
+    def per_sample_only(self) -> GuardPlan:
+        """This plan without batch tests (per-sample decisions of a block of a pool)."""
+        return replace(self, config=self.config.model_copy(update={"batch_tests": ()}))
+
+    # -- per-sample checks -----------------------------------------------------------------
+
+    @property
+    def check_names(self) -> tuple[str, ...]:
+        """Names of :attr:`checks`."""
+        return tuple(c.name for c in self.checks)
+
+    @property
+    def rejecting(self) -> tuple[str, ...]:
+        """Checks whose flag rejects a sample: a relabeled (or kept) label disagreement
+        does not, unless ``label_policy="reject"``."""
+        reject_labels = self.config.label_policy == "reject"
+        return tuple(c.name for c in self.checks if not c.label_policy or reject_labels)
+
+    @cached_property
+    def badness_thresholds(self) -> dict[str, float]:
+        """Per check: a sample is flagged when its badness is strictly above this value."""
+        calibration = self.reference.sample_calibration(self.check_names)
+        return calibration.thresholds(self.config.alpha)
+
+    def threshold(self, name: str) -> float:
+        """Check ``name``'s calibrated threshold in its score's units."""
+        return SAMPLE_CHECKS[name].natural(self.badness_thresholds[name])
+
+    @cached_property
+    def accepted_support(self) -> torch.Tensor:
+        """Indices of the support pairs no rejecting check flags (leave-one-out)."""
+        return self.reference.accepted_support(self.config.alpha, self.check_names, self.rejecting)
+
+    def check_labels(self, labels: Sequence[int] | None) -> None:
+        """Raise unless every label indexes the reference's classes."""
+        names = self.reference.label_names
+        if labels is not None and names is not None:
+            check_label_range(labels, len(names))
+
+    # -- batch tests -----------------------------------------------------------------------
+
+    @property
+    def tests(self) -> tuple[BatchTest, ...]:
+        """Every batch test, in report order (the family is :attr:`GuardConfig.batch_tests`)."""
+        return tuple(BATCH_TESTS.values())
+
+    def in_family(self, test: BatchTest) -> bool:
+        """Whether ``test`` is in the Holm family (else it is informational)."""
+        return test.name in self.config.batch_tests
+
+    def rows_for(self, accepted: int) -> int:
+        """Rows the distribution tests use for ``accepted`` accepted samples (0: too few)."""
+        return _cap(accepted, self.config.max_batch_rows, self.accepted_support.numel() // 2)
+
+    def duplicate_rows_for(self, valid: int) -> int:
+        """Rows the duplicate-rate test uses for ``valid`` embeddable samples (0: too few)."""
+        return _cap(valid, self.config.max_batch_rows, self.reference.n_support // 2)
+
+    def context(self) -> BatchContext:
+        """What the batch tests compare with (cached on the reference)."""
+        return self.reference.batch_context(self.config.alpha, self.check_names, self.rejecting)
+
+    def null(self, rows: int, duplicate_rows: int) -> torch.Tensor:
+        """The resampled null at these sizes (cached on the reference and saved with it)."""
+        cfg = self.config
+        return self.reference.batch_null(
+            rows, duplicate_size=duplicate_rows, alpha=cfg.alpha, resamples=cfg.n_resamples,
+            seed=cfg.seed, checks=self.check_names, rejecting=self.rejecting,
+        )  # fmt: skip
+
+    def flag_rate(self, flagged: int, total: int, level: float) -> tuple[float, float, float]:
+        """``(p, bound at level, null median)`` of the exact flag-rate test."""
+        ref = self.reference
+        support_flagged = ref.n_support - self.accepted_support.numel()
+        return flag_rate_test(flagged, total, support_flagged, ref.n_support, level)
+
+    def count_concepts(
+        self, image: torch.Tensor, labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Concept counts of unit image rows per bank group (per class with ``labels``)."""
+        names = self.reference.label_names
+        out: dict[str, torch.Tensor] = {}
+        for bank in self.concept_banks:
+            if labels is None:
+                out.update(bank.counts(image))
+            elif names is not None:
+                out.update(bank.counts(image, labels, len(names)))
+        return out
+
+
+def _cap(n: int, *limits: int) -> int:
+    """The largest grid size not above ``n`` or any limit (0 when below the grid)."""
+    top = min(n, *limits)
+    return max((g for g in GRID if g <= top), default=0)

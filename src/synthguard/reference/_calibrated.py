@@ -1,0 +1,266 @@
+"""The calibrated support of a reference: thresholds, accepted rows, batch contexts, nulls.
+
+:class:`CalibratedSupport` is the half of :class:`~synthguard.Reference` the guard decides
+with; the other half (``_reference.py``) builds, persists and describes it. The caches
+(batch contexts and null distributions) are shared by every guard on the reference and
+guarded by a lock, since a guard may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from synthguard._errors import InvalidInputError
+from synthguard._validation import check_float, check_int
+from synthguard.checks import (
+    SAMPLE_CHECKS,
+    BatchContext,
+    SampleCalibration,
+    SampleCheck,
+    SupportToScore,
+    batch_null,
+)
+from synthguard.functional import CollapseReference, knn_radii
+from synthguard.functional.mmd import rbf_kernel
+from synthguard.reference._build import available_checks, support_badness
+from synthguard.relabel import ZeroShotLabeler
+from synthguard.stats import EmbeddingStats, Moments
+
+__all__ = ["CalibratedSupport"]
+
+_CMMD_SIGMA = 10.0  # Jayasumana et al. 2024
+
+
+class CalibratedSupport:
+    """The support pairs, their leave-one-out calibration and the batch tests' caches."""
+
+    stats: EmbeddingStats
+    k: int
+    label_names: tuple[str, ...] | None
+    label_templates: tuple[str, ...]
+    class_embeddings: torch.Tensor | None
+    logit_scale: float | None
+    support_image: torch.Tensor
+    support_text: torch.Tensor
+    support_labels: torch.Tensor
+    support_caption_tokens: torch.Tensor | None
+    coverage_rows: int
+    cmmd_rows: int
+
+    def _calibrate(self, pre: dict[str, torch.Tensor]) -> None:
+        """Radii, calibration scores (``pre`` holds those already computed) and caches."""
+        s = self.support_image.shape[0]
+        self.support_radii = pre.get("support_radii", knn_radii(self.support_image, self.k))
+        self.coverage_radii_sq = pre.get("coverage_radii_sq", self._coverage_radii_sq())
+        checks = available_checks(
+            labels=self.has_labels, captions=self.support_caption_tokens is not None
+        )
+        names = tuple(c.name for c in checks)
+        badness = pre.get("calibration_badness")
+        if badness is not None and tuple(badness.shape) != (s, len(names)):
+            raise InvalidInputError(
+                f"calibration_badness must have shape {(s, len(names))}; got {tuple(badness.shape)}"
+            )
+        self.calibration = SampleCalibration(
+            names=names, badness=self._badness(checks) if badness is None else badness
+        )
+        self._null_cache: dict[str, torch.Tensor] = {
+            key[len("null/") :]: value for key, value in pre.items() if key.startswith("null/")
+        }
+        self._contexts: dict[tuple[float, tuple[str, ...], tuple[str, ...]], BatchContext] = {}
+        self._collapse: CollapseReference | None = None
+        self._lock = threading.RLock()  # guards the caches: a Guard may be shared by threads
+
+    # -- calibration -----------------------------------------------------------------------
+
+    @property
+    def n_support(self) -> int:
+        """Real pairs in the support (k-NN checks, calibration resamples)."""
+        return int(self.support_image.shape[0])
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the label check is calibrated (labels and class embeddings were given)."""
+        return self.class_embeddings is not None and bool((self.support_labels >= 0).all())
+
+    def thresholds(self, alpha: float, checks: Sequence[str] | None = None) -> dict[str, float]:
+        """Per-sample thresholds at real-data false-reject rate ``alpha``, in natural units.
+
+        ``low_alignment``: flag a pair whose cosine is below it; ``off_manifold``: a k-NN
+        distance above it; ``reference_copy`` / ``near_duplicate``: a largest cosine to a
+        reference image / an earlier batch image above it; ``label_mismatch``: a disagreement
+        of the frozen model when P(given label) is below it; ``long_caption``: more caption
+        tokens than it. ``inf``/``-inf`` mean the check never fires. ``checks`` calibrates the
+        union of a subset (default: the default checks that are available).
+        """
+        raw = self.sample_calibration(checks).thresholds(_check_alpha(alpha))
+        return {name: SAMPLE_CHECKS[name].natural(value) for name, value in raw.items()}
+
+    @property
+    def default_checks(self) -> tuple[str, ...]:
+        """The available checks a default :class:`~synthguard.GuardConfig` enables."""
+        return tuple(n for n in self.calibration.names if SAMPLE_CHECKS[n].default)
+
+    def sample_calibration(self, checks: Sequence[str] | None = None) -> SampleCalibration:
+        """The leave-one-out calibration of ``checks`` (default: :attr:`default_checks`)."""
+        if checks is None:
+            checks = self.default_checks
+        unknown = [c for c in checks if c not in self.calibration.names]
+        if unknown or not checks:
+            raise InvalidInputError(
+                f"checks must be a non-empty subset of {self.calibration.names}; got {list(checks)}"
+            )
+        return self.calibration.select(tuple(checks))
+
+    def labeler(self) -> ZeroShotLabeler | None:
+        """The zero-shot labeler with the stored class embeddings (``None`` without labels)."""
+        if not self.has_labels or self.label_names is None:
+            return None
+        return ZeroShotLabeler(
+            None,
+            self.label_names,
+            self.label_templates or ("{name}",),
+            logit_scale=self.logit_scale,
+            class_embeddings=self.class_embeddings,
+        )
+
+    def collapse_reference(self) -> CollapseReference:
+        """The whole support as :func:`~synthguard.functional.collapse_metrics` compares with
+        it (the monitor's and the torchmetrics adapter's reference; cached)."""
+        with self._lock:
+            if self._collapse is None:
+                image, text = self.support_image, self.support_text
+                cos = (image * text).sum(dim=1)
+                self._collapse = CollapseReference(
+                    moments=Moments(image.shape[0], image.sum(dim=0), image.T @ image),
+                    alignment=(image.shape[0], float(cos.sum()), float((cos * cos).sum())),
+                    coverage_rows=image[: self.coverage_rows],
+                    coverage_radii_sq=self.coverage_radii_sq,
+                    cmmd_rows=image[: self.cmmd_rows],
+                    cmmd_self=float(self._cmmd_kernel().mean()),
+                    cmmd_sigma=_CMMD_SIGMA,
+                )
+            return self._collapse
+
+    def batch_context(
+        self,
+        alpha: float,
+        checks: Sequence[str] | None = None,
+        rejecting: Sequence[str] | None = None,
+    ) -> BatchContext:
+        """What the batch metrics compare against, at per-sample level ``alpha``.
+
+        ``rejecting``: the checks whose flags reject a sample (default: all ``checks``; a
+        label disagreement that is relabeled does not reject).
+        """
+        names = self.sample_calibration(checks).names
+        only = names if rejecting is None else tuple(rejecting)
+        key = (float(alpha), names, only)
+        with self._lock:
+            if key not in self._contexts:
+                calibration = self.sample_calibration(names)
+                raw = calibration.thresholds(_check_alpha(alpha))
+                accepted = ~calibration.flags(alpha, only)
+                rows = self.support_image[accepted]
+                align = (rows * self.support_text[accepted]).sum(dim=1)
+                self._contexts[key] = BatchContext(
+                    moments=Moments(rows.shape[0], rows.sum(dim=0), rows.T @ rows),
+                    alignment=(rows.shape[0], float(align.sum()), float((align * align).sum())),
+                    accepted=accepted,
+                    support=self.support_image,
+                    coverage_rows=self.coverage_rows,
+                    coverage_radii_sq=self.coverage_radii_sq,
+                    cmmd_rows=self.cmmd_rows,
+                    cmmd_sigma=_CMMD_SIGMA,
+                    cmmd_kernel=self._cmmd_kernel(),
+                    duplicate_cosine=raw.get("near_duplicate", math.inf),
+                )
+            return self._contexts[key]
+
+    def accepted_support(
+        self,
+        alpha: float,
+        checks: Sequence[str] | None = None,
+        rejecting: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """Indices of the support pairs no rejecting check flags (leave-one-out)."""
+        calibration = self.sample_calibration(checks)
+        only = None if rejecting is None else tuple(rejecting)
+        return torch.nonzero(~calibration.flags(_check_alpha(alpha), only)).flatten()
+
+    def batch_null(
+        self,
+        size: int,
+        *,
+        duplicate_size: int | None = None,
+        alpha: float,
+        resamples: int,
+        seed: int,
+        checks: Sequence[str] | None = None,
+        rejecting: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """``[resamples, K]`` resampled null of the batch tests, computed once and cached.
+
+        ``size`` accepted rows for the distribution tests (0: skip them), ``duplicate_size``
+        (default ``size``) embeddable rows for the duplicate rate; columns follow
+        :data:`synthguard.checks.RESAMPLED_TESTS`. Cached per sizes, resamples, seed,
+        ``alpha``, checks and rejecting checks, and saved with the reference.
+        """
+        calibration = self.sample_calibration(checks)
+        only = calibration.names if rejecting is None else tuple(rejecting)
+        pool = self.accepted_support(alpha, calibration.names, only)
+        size = check_int("size", size, minimum=0)
+        dup_size = (
+            size
+            if duplicate_size is None
+            else check_int("duplicate_size", duplicate_size, minimum=2)
+        )
+        if size == 1:
+            raise InvalidInputError("size must be 0 (no distribution tests) or >= 2; got 1")
+        if size > pool.numel() // 2 or dup_size > self.n_support // 2:
+            raise InvalidInputError(
+                f"size must be <= {pool.numel() // 2} and duplicate_size <= "
+                f"{self.n_support // 2} (half the support) for real-vs-real resamples; got "
+                f"{size} and {dup_size}"
+            )
+        key = (
+            f"{size}/{dup_size}/{resamples}/{seed}/{float(alpha)!r}/"
+            f"{','.join(calibration.names)}/{','.join(only)}"
+        )
+        context = self.batch_context(alpha, calibration.names, only)
+        with self._lock:
+            if key not in self._null_cache:
+                self._null_cache[key] = batch_null(
+                    context, self.support_text, pool, size, dup_size, resamples, seed
+                )
+            return self._null_cache[key]
+
+    def _cmmd_kernel(self) -> torch.Tensor:
+        rows = self.support_image[: self.cmmd_rows]
+        return rbf_kernel(rows, rows, _CMMD_SIGMA).fill_diagonal_(1.0)
+
+    def _coverage_radii_sq(self) -> torch.Tensor:
+        if self.coverage_rows == self.n_support:
+            return self.support_radii**2
+        return knn_radii(self.support_image[: self.coverage_rows], self.k) ** 2
+
+    def _badness(self, checks: Sequence[SampleCheck]) -> torch.Tensor:
+        labeler = self.labeler()
+        support = SupportToScore(
+            self.support_image,
+            self.support_text,
+            self.support_radii,
+            labels=self.support_labels,
+            prediction=None if labeler is None else labeler.predict(self.support_image),
+            caption_tokens=self.support_caption_tokens,
+        )
+        return support_badness(support, checks)
+
+
+def _check_alpha(alpha: Any) -> float:
+    return check_float("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
