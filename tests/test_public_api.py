@@ -62,6 +62,7 @@ FUNCTIONAL = {
     "AlignmentSummary",
     "CaptionStats",
     "CentroidShift",
+    "CollapseReference",
     "LabelDrift",
     "PRDCResult",
     "PermutationTestResult",
@@ -71,6 +72,8 @@ FUNCTIONAL = {
     "centroid_shift",
     "clip_score",
     "cmmd",
+    "collapse_metrics",
+    "collapse_reference",
     "content_hash",
     "effective_rank",
     "exact_duplicates",
@@ -118,7 +121,54 @@ REASON_CODES = {
     "near_duplicate",
     "off_manifold",
     "reference_copy",
+    "long_caption",
 }
+
+
+CHECKS = {
+    "BATCH_TESTS",
+    "RESAMPLED_TESTS",
+    "SAMPLE_CHECKS",
+    "BatchContext",
+    "BatchTest",
+    "BatchTestName",
+    "Direction",
+    "RowsToScore",
+    "SampleCalibration",
+    "SampleCheck",
+    "SampleCheckName",
+    "Scores",
+    "SupportToScore",
+    "TestInputs",
+    "batch_null",
+    "batch_values",
+    "bound_at",
+    "comparison",
+    "duplicate_rate",
+    "empirical_p",
+    "flag_rate_test",
+    "holm",
+    "kth_distance",
+    "max_cosine",
+}
+
+PACKAGES = {
+    "synthguard.checks": CHECKS,
+    "synthguard.guard": {"BatchSummary", "EmbeddedRows", "Guard", "GuardPlan", "decide"},
+    "synthguard.reference": {"Reference", "ReferenceState"},
+    "synthguard.report": {"GuardReport", "MetricResult", "SampleDecision"},
+    "synthguard.stats": {"EmbeddingStats", "Modality", "Moments"},
+    "synthguard.config": {"GuardConfig"},
+    "synthguard.batch": {"PairBatch", "as_sample_list"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGES))
+def test_package_surfaces_are_frozen(name: str) -> None:
+    module = importlib.import_module(name)
+    assert set(module.__all__) == PACKAGES[name]
+    for attribute in PACKAGES[name]:
+        assert hasattr(module, attribute), attribute
 
 
 INTEGRATIONS = {

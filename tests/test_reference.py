@@ -67,7 +67,12 @@ def test_thresholds_tighten_as_alpha_grows(reference: sg.Reference) -> None:
     assert strict["low_alignment"] >= loose["low_alignment"]
     assert strict["off_manifold"] <= loose["off_manifold"]
     assert strict["reference_copy"] <= loose["reference_copy"]
-    assert set(loose) == {"low_alignment", "off_manifold", "reference_copy", "label_mismatch"}
+    assert set(loose) == {
+        "low_alignment", "off_manifold", "reference_copy", "near_duplicate", "label_mismatch",
+    }  # fmt: skip
+    # One leave-one-out score (the nearest other support image) calibrates both copy checks.
+    assert loose["near_duplicate"] == loose["reference_copy"]
+    assert "long_caption" in reference.calibration.names  # built from captions: opt-in ready
     assert reference.calibration.flags(0.1).double().mean() <= 0.1
 
 
@@ -75,7 +80,9 @@ def test_support_is_bounded_and_keeps_every_pair_in_the_stats(digits: Any, embed
     image, text = embedded
     ref = sg.Reference.from_embeddings(image, text, support_size=100)
     assert ref.n_support == 100 and ref.stats.n_pairs == 540
-    assert ref.calibration.names == ("low_alignment", "off_manifold", "reference_copy")
+    assert ref.calibration.names == (
+        "low_alignment", "off_manifold", "reference_copy", "near_duplicate",
+    )  # fmt: skip
     assert not ref.has_labels
 
 

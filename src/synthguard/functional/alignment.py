@@ -1,4 +1,4 @@
-"""Image–caption alignment: per-pair cosine, CLIPScore, and summaries (DESIGN.md §4)."""
+"""Image–caption alignment: per-pair cosine, CLIPScore, and summaries (docs/design.md)."""
 
 from __future__ import annotations
 

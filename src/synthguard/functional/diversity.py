@@ -2,7 +2,7 @@
 
 Every function accepts an ``[n, d]`` tensor or array, a :class:`~synthguard.stats.Moments` or an
 :class:`~synthguard.EmbeddingStats` (its image moments), and is computed from sums alone: time
-O(n·d²), memory O(d²), and exact under merging of statistics (DESIGN.md §4).
+O(n·d²), memory O(d²), and exact under merging of statistics (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Relabeling with a frozen grounding model (DESIGN.md §1: the mitigation that works).
+"""Relabeling with a frozen grounding model (docs/relabel.md).
 
 Three tools, all scored by a frozen image–text encoder grounded on real data:
 

@@ -1,4 +1,4 @@
-"""A genuine self-consuming loop on the bundled real digits (DESIGN.md §1, on a small scale).
+"""A genuine self-consuming loop on the bundled real digits (docs/demo.md).
 
 Each generation, fit on the previous generation's image–caption pairs:
 
