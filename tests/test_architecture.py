@@ -12,8 +12,13 @@ from typing import get_args
 import pytest
 
 import synthguard as sg
-from synthguard.checks import BATCH_TESTS, RESAMPLED_TESTS, SAMPLE_CHECKS
-from synthguard.checks import BatchTestName, SampleCheckName
+from synthguard.checks import (
+    BATCH_TESTS,
+    RESAMPLED_TESTS,
+    SAMPLE_CHECKS,
+    BatchTestName,
+    SampleCheckName,
+)
 
 PACKAGE = Path(sg.__file__).parent
 
@@ -39,7 +44,7 @@ def test_check_names_reason_codes_and_registry_agree() -> None:
 
 def test_test_names_and_registry_agree() -> None:
     assert get_args(BatchTestName) == tuple(BATCH_TESTS)
-    assert RESAMPLED_TESTS == tuple(n for n, t in BATCH_TESTS.items() if t.null == "resampled")
+    assert tuple(n for n, t in BATCH_TESTS.items() if t.null == "resampled") == RESAMPLED_TESTS
     assert [t.name for t in BATCH_TESTS.values() if t.null == "exact"] == ["flag_rate"]
 
 
@@ -104,7 +109,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()

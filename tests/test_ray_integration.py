@@ -13,9 +13,9 @@ import torch
 
 import synthguard as sg
 from _digits import TEMPLATE, digits_reference
-from synthguard.guard._pool import PoolSpec, block_plan, block_state, decide_block, pool_report
 from synthguard.datasets import DIGITS_CONCEPT_BANK, load_digits
 from synthguard.encoders import embed_pairs
+from synthguard.guard._pool import PoolSpec, block_plan, block_state, decide_block, pool_report
 
 ray = pytest.importorskip("ray")
 
