@@ -131,6 +131,27 @@ def test_the_module_graph_has_no_cycles() -> None:
     assert cycle is None, " -> ".join(cycle or [])
 
 
+#: The layers of docs/design.md, bottom first: a module imports only its own or lower layers.
+LAYERS = [
+    "_errors", "_reasons", "_validation", "_io", "stats", "functional", "batch", "datasets",
+    "encoders", "relabel", "concepts", "checks", "config", "reference", "report", "guard",
+    "monitor", "sources", "_testing", "integrations", "cli",
+]  # fmt: skip
+
+
+def test_imports_point_down_the_layers_of_the_design_document() -> None:
+    graph = _graph()
+    layer = {name: LAYERS.index(name.split(".")[1]) for name in graph if name != "synthguard"}
+    assert set(LAYERS) == {name.split(".")[1] for name in layer}
+    upward = [
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if source != "synthguard" and target != "synthguard" and layer[target] > layer[source]
+    ]
+    assert not upward, upward
+
+
 def test_the_cycle_finder_sees_deferred_and_type_only_imports(tmp_path: Path) -> None:
     """The graph test above can fail: a ``TYPE_CHECKING`` back-edge is a circle here."""
     source = tmp_path / "mod.py"

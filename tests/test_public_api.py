@@ -146,6 +146,8 @@ CHECKS = {
     "comparison",
     "duplicate_rate",
     "empirical_p",
+    "flag_rate_bound",
+    "flag_rate_p",
     "flag_rate_test",
     "holm",
     "kth_distance",

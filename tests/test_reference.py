@@ -163,3 +163,65 @@ def test_bad_arguments_name_the_problem(digits: Any, digits_encoder: Any, embedd
         sg.Reference.from_embeddings(embedded[0][:20], embedded[1][:19])
     with pytest.raises(sg.InvalidInputError, match="alpha"):
         sg.Reference.from_embeddings(embedded[0][:20], embedded[1][:20]).thresholds(1.5)
+
+
+# -- file format versions --------------------------------------------------------------------
+
+V1_FILE = Path(__file__).parent / "data" / "reference_v1.sgref"
+
+
+def _v1_twin(digits_encoder: Any) -> sg.Reference:
+    """The reference tests/data/reference_v1.sgref was written from (synthguard 0.1.0.dev0,
+    format version 1, with one cached null), built again by this version."""
+    train = load_digits("train")
+    return sg.Reference.build(
+        train.images[:160], train.captions[:160], encoder=digits_encoder,
+        labels=train.labels[:160], label_names=DIGIT_NAMES, label_templates=TEMPLATE,
+        support_size=160,
+    )  # fmt: skip
+
+
+def test_a_version_1_file_loads_and_decides_as_a_fresh_build(
+    digits: Any, digits_encoder: Any
+) -> None:
+    old = sg.Reference.load(V1_FILE)
+    new = _v1_twin(digits_encoder)
+    names = old.calibration.names
+    assert names == ("low_alignment", "off_manifold", "reference_copy", "near_duplicate",
+                     "label_mismatch")  # fmt: skip
+    # near_duplicate's column is reference_copy's, as version 1 shared it.
+    badness = old.calibration.badness
+    assert torch.equal(badness[:, names.index("near_duplicate")], badness[:, 2])
+    assert torch.allclose(badness, new.sample_calibration(names).badness, atol=1e-12)
+    assert old.thresholds(0.05) == pytest.approx(new.thresholds(0.05), abs=1e-12)
+    # Its cached null lacked newer tests' columns: dropped, recomputed on first use.
+    assert not [k for k in old.to_state().tensors if k.startswith("null/")]
+    config = sg.GuardConfig(n_resamples=199, alpha_batch=0.05)
+    batch = sg.PairBatch(digits.images[:40], digits.captions[:40], labels=digits.labels[:40])
+    got = sg.Guard(old, config, encoder=digits_encoder).check(batch).to_dict()
+    want = sg.Guard(new, config).check(batch).to_dict()
+    assert got["accepted"] == want["accepted"]
+    assert [s["reasons"] for s in got["samples"]] == [s["reasons"] for s in want["samples"]]
+    for name, metric in want["metrics"].items():
+        assert got["metrics"][name]["p_value"] == pytest.approx(metric["p_value"]), name
+
+
+def test_a_loaded_version_1_file_is_saved_as_the_current_version(tmp_path: Path) -> None:
+    from synthguard.reference._codec import FORMAT_VERSION, decode
+
+    blob = sg.Reference.load(V1_FILE).to_bytes()
+    assert decode(blob).meta["format_version"] == FORMAT_VERSION == 2
+    again = sg.Reference.from_bytes(blob)
+    assert again.calibration.names == sg.Reference.load(V1_FILE).calibration.names
+
+
+def test_bytes_round_trip_keeps_nulls_and_decisions(reference: sg.Reference) -> None:
+    guard = sg.Guard(reference, sg.GuardConfig(n_resamples=199, alpha_batch=0.05))
+    digits = load_digits("test")
+    batch = sg.PairBatch(digits.images[300:340], digits.captions[300:340])
+    first = guard.check(batch)
+    copy = sg.Reference.from_bytes(reference.to_bytes())
+    nulls = [k for k in copy.to_state().tensors if k.startswith("null/")]
+    assert nulls  # the null computed above travelled with the bytes
+    second = sg.Guard(copy, guard.config, encoder=guard.encoder).check(batch)
+    assert second.to_dict() == first.to_dict()

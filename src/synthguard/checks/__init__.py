@@ -23,7 +23,15 @@ from synthguard.checks._batch import (
 )
 from synthguard.checks._conformal import SampleCalibration
 from synthguard.checks._geometry import kth_distance, max_cosine
-from synthguard.checks._inference import Direction, bound_at, empirical_p, flag_rate_test, holm
+from synthguard.checks._inference import (
+    Direction,
+    bound_at,
+    empirical_p,
+    flag_rate_bound,
+    flag_rate_p,
+    flag_rate_test,
+    holm,
+)
 from synthguard.checks._null import BatchContext, batch_null, batch_values, comparison
 from synthguard.checks._sample import (
     SAMPLE_CHECKS,
@@ -55,6 +63,8 @@ __all__ = [
     "comparison",
     "duplicate_rate",
     "empirical_p",
+    "flag_rate_bound",
+    "flag_rate_p",
     "flag_rate_test",
     "holm",
     "kth_distance",

@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
-__all__ = ["Direction", "bound_at", "empirical_p", "flag_rate_test", "holm"]
+__all__ = [
+    "Direction",
+    "bound_at",
+    "empirical_p",
+    "flag_rate_bound",
+    "flag_rate_p",
+    "flag_rate_test",
+    "holm",
+]
 
 Direction = Literal["low", "high"]
 
@@ -72,8 +80,22 @@ def flag_rate_test(
     ``BetaBinomial(total, U + 1, n − U + 1)``; the test fails when the rate is strictly above
     the returned bound.
     """
+    p, median = flag_rate_p(flagged, total, support_flagged, support_size)
+    return p, flag_rate_bound(total, support_flagged, support_size, level), median
+
+
+def flag_rate_p(
+    flagged: int, total: int, support_flagged: int, support_size: int
+) -> tuple[float, float]:
+    """``(p, null median rate)`` of :func:`flag_rate_test`."""
     a, b = support_flagged + 1, support_size - support_flagged + 1
     p = float(scipy_stats.betabinom.sf(flagged - 1, total, a, b))
+    return p, float(scipy_stats.betabinom.median(total, a, b)) / total
+
+
+def flag_rate_bound(total: int, support_flagged: int, support_size: int, level: float) -> float:
+    """The rate strictly above which :func:`flag_rate_test` fails at ``level``."""
+    a, b = support_flagged + 1, support_size - support_flagged + 1
     # The first k with P(X >= k) <= level, by bisection (the tail falls with k; P(X >= total
     # + 1) = 0): O(log total) tail evaluations, so pools of millions of rows cost the same.
     first, last = 0, total + 1
@@ -83,5 +105,4 @@ def flag_rate_test(
             last = mid
         else:
             first = mid + 1
-    median = float(scipy_stats.betabinom.median(total, a, b)) / total
-    return p, (first - 1) / total, median
+    return (first - 1) / total

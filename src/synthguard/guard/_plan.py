@@ -24,7 +24,8 @@ from synthguard.checks import (
     BatchContext,
     BatchTest,
     SampleCheck,
-    flag_rate_test,
+    flag_rate_bound,
+    flag_rate_p,
 )
 from synthguard.concepts import ConceptBank
 from synthguard.config import GuardConfig
@@ -166,11 +167,15 @@ class GuardPlan:
             seed=cfg.seed, checks=self.check_names, rejecting=self.rejecting,
         )  # fmt: skip
 
-    def flag_rate(self, flagged: int, total: int, level: float) -> tuple[float, float, float]:
-        """``(p, bound at level, null median)`` of the exact flag-rate test."""
-        ref = self.reference
-        support_flagged = ref.n_support - self.accepted_support.numel()
-        return flag_rate_test(flagged, total, support_flagged, ref.n_support, level)
+    def flag_rate(self, flagged: int, total: int) -> tuple[float, float]:
+        """``(p, null median rate)`` of the exact flag-rate test."""
+        n = self.reference.n_support
+        return flag_rate_p(flagged, total, n - self.accepted_support.numel(), n)
+
+    def flag_rate_bound(self, total: int, level: float) -> float:
+        """The flag rate strictly above which the exact test fails at ``level``."""
+        n = self.reference.n_support
+        return flag_rate_bound(total, n - self.accepted_support.numel(), n, level)
 
     def count_concepts(
         self, image: torch.Tensor, labels: torch.Tensor | None

@@ -147,7 +147,7 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
                 )
     flag_test = next(t for t in plan.tests if t.null == "exact")
     flag_value = flag_test.value(TestInputs({}, n=summary.n, n_flagged=summary.n_flagged))
-    flag_p, _, flag_median = plan.flag_rate(summary.n_flagged, summary.n, cfg.alpha_batch)
+    flag_p, flag_median = plan.flag_rate(summary.n_flagged, summary.n)
     values.append(_Value(flag_test, flag_value, flag_p, None))
     # The flag rate joins the family only with enough samples to say anything.
     ran = [
@@ -177,7 +177,7 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
             continue
         j = ran.index(v)
         if v.null is None:
-            bound: float | None = plan.flag_rate(summary.n_flagged, summary.n, levels[j])[1]
+            bound: float | None = plan.flag_rate_bound(summary.n, levels[j])
         else:
             bound = bound_at(v.null, levels[j], direction)
         out.metrics[name] = MetricResult(

@@ -26,8 +26,8 @@ from synthguard._validation import (
     describe,
     normalize_rows,
 )
+from synthguard.stats._bottomk import Sample, bottom_k, pack, sample_keys, unpack
 from synthguard.stats._collective import all_gather_same, all_reduce_sum
-from synthguard.stats._hashing import hash_ids, hash_rows, splitmix64
 from synthguard.stats._moments import Moments
 
 __all__ = ["EmbeddingStats", "Modality"]
@@ -160,7 +160,7 @@ class EmbeddingStats:
         if img is not None and txt is not None and n:
             cos = (normalize_rows("image_emb", img) * normalize_rows("text_emb", txt)).sum(dim=1)
             cos = cos.clamp(-1.0, 1.0).cpu()
-        keys = self._sample_keys(img, txt, lab, ids, n) if self.sample_size and n else None
+        keys = sample_keys(self.seed, img, txt, lab, ids, n) if self.sample_size and n else None
         s = self._state
         for m, x in zip(_MODALITIES, (img, txt), strict=True):
             if x is not None:
@@ -399,30 +399,12 @@ class EmbeddingStats:
         Rows travel as their exact float64 bits, then key, tiebreak, label and a validity
         flag; :meth:`load_packed_samples` merges any number of such tensors exactly.
         """
-        k, d = self.sample_size, self.dim
-        out = torch.zeros(2, k, d + 4, dtype=torch.int64)
-        for m, modality in enumerate(_MODALITIES):
-            rows, keys, tiebreak, labels = (
-                self._state[f"{modality}_sample{x}"] for x in _SAMPLE_SUFFIXES
-            )
-            n = rows.shape[0]
-            out[m, :n, :d] = rows.contiguous().view(torch.int64)
-            out[m, :n, d], out[m, :n, d + 1], out[m, :n, d + 2] = keys, tiebreak, labels
-            out[m, :n, d + 3] = 1
-        return out
+        return pack([self._sample(m) for m in _MODALITIES], self.sample_size, self.dim)
 
     def load_packed_samples(self, parts: Sequence[torch.Tensor]) -> None:
         """Set the samples to the bottom-k of packed ``parts`` (sums untouched)."""
-        d = self.dim
         for m, modality in enumerate(_MODALITIES):
-            rows = torch.cat([p[m][p[m][:, d + 3] == 1] for p in parts])
-            self._store_sample(
-                modality,
-                rows[:, :d].contiguous().view(torch.float64),
-                rows[:, d].contiguous(),
-                rows[:, d + 1].contiguous(),
-                rows[:, d + 2].contiguous(),
-            )
+            self._store_sample(modality, *unpack(parts, m, self.dim))
 
     def empty_like(self) -> EmbeddingStats:
         """Empty statistics of the same configuration (fingerprint, tables, sample size)."""
@@ -456,29 +438,16 @@ class EmbeddingStats:
         s = self._state
         return Moments(int(s[f"{m}_count"]), s[f"{m}_sum"].clone(), s[f"{m}_sum_outer"].clone())
 
-    def _sample_keys(
-        self, img: torch.Tensor | None, txt: torch.Tensor | None, lab: torch.Tensor | None,
-        ids: Any, n: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        """``(keys, tiebreaks, labels)`` of a batch's rows for the bottom-k sample."""
-        # The tiebreak (a content hash) makes the order total, so merges commute exactly even
-        # when ids repeat; rows equal in (key, tiebreak) are identical and interchangeable.
-        content = np.full(n, self.seed, dtype=np.uint64)
-        parts = [img, txt, None if lab is None else lab[:, None].double()]
-        for salt, part in enumerate(parts, start=1):
-            if part is not None:
-                content = splitmix64(content ^ hash_rows(part.cpu().numpy(), salt))
-        keys = content if ids is None else hash_ids(ids, n, self.seed)
-        labels = lab if lab is not None else torch.full((n,), -1, dtype=torch.int64)
-        return _to_int63(keys), _to_int63(content), labels
+    def _sample(self, m: str) -> Sample:
+        return tuple(self._state[f"{m}_sample{x}"] for x in _SAMPLE_SUFFIXES)  # type: ignore[return-value]
 
     def _store_sample(
         self, m: str, rows: torch.Tensor, keys: torch.Tensor, tiebreak: torch.Tensor,
         labels: torch.Tensor,
     ) -> None:  # fmt: skip
-        order = torch.from_numpy(np.lexsort((tiebreak.numpy(), keys.numpy()))[: self.sample_size])
-        for suffix, value in zip(_SAMPLE_SUFFIXES, (rows, keys, tiebreak, labels), strict=True):
-            self._state[f"{m}_sample{suffix}"] = value[order].contiguous()
+        kept = bottom_k((rows, keys, tiebreak, labels), self.sample_size)
+        for suffix, value in zip(_SAMPLE_SUFFIXES, kept, strict=True):
+            self._state[f"{m}_sample{suffix}"] = value.contiguous()
 
     def __repr__(self) -> str:
         return (
@@ -497,11 +466,6 @@ def _check_tables(tables: Mapping[str, Sequence[int]] | None) -> dict[str, tuple
             )
         out[name] = dims
     return dict(sorted(out.items()))
-
-
-def _to_int63(hashes: np.ndarray) -> torch.Tensor:
-    """uint64 hashes as non-negative int64 (torch sorts and saves int64, not uint64)."""
-    return torch.from_numpy((hashes >> np.uint64(1)).astype(np.int64))
 
 
 def _check_modality(modality: Any) -> Modality:
