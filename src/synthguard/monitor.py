@@ -50,12 +50,15 @@ def generation_metrics(reference: Reference, image: Any, text: Any) -> dict[str,
     ``variance_ratio`` (total variance), ``vendi_ratio``, ``coverage`` (k-NN balls of the
     reference's coverage rows hit), ``frechet_distance``, ``cmmd`` (against the reference's
     CMMD rows) and ``alignment_mean``: :func:`synthguard.functional.collapse_metrics` against
-    :meth:`Reference.collapse_reference`. Rows that are NaN (unembeddable samples) are left out.
+    :meth:`Reference.collapse_reference`. Rows are L2-normalised; NaN or zero rows (unembeddable samples) are left out.
     """
     img = torch.as_tensor(image, dtype=torch.float64)
     txt = torch.as_tensor(text, dtype=torch.float64)
     keep = torch.isfinite(img).all(1) & torch.isfinite(txt).all(1)
-    img, txt = img[keep], txt[keep]
+    keep &= (img.norm(dim=1) > 0) & (txt.norm(dim=1) > 0)
+    # Unit rows, so alignment is the cosine (float32 encoders are unit only to ~1e-7).
+    img = torch.nn.functional.normalize(img[keep], dim=1)
+    txt = torch.nn.functional.normalize(txt[keep], dim=1)
     if img.shape[0] <= reference.k:
         raise InvalidInputError(
             f"image must have more than k={reference.k} embeddable rows; got {img.shape[0]}"
