@@ -225,3 +225,19 @@ def test_bytes_round_trip_keeps_nulls_and_decisions(reference: sg.Reference) -> 
     assert nulls  # the null computed above travelled with the bytes
     second = sg.Guard(copy, guard.config, encoder=guard.encoder).check(batch)
     assert second.to_dict() == first.to_dict()
+
+
+def test_a_version_1_file_written_before_concept_banks_loads(tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save as save_tensors
+
+    blob = V1_FILE.read_bytes()
+    (length,) = struct.unpack("<Q", blob[:8])
+    meta = json.loads(json.loads(blob[8 : 8 + length])["__metadata__"]["synthguard"])
+    del meta["concept_banks"]  # the key came with concept banks, in format version 1
+    older = save_tensors(load_tensors(blob), metadata={"synthguard": json.dumps(meta)})
+    ref = sg.Reference.from_bytes(older)
+    assert ref.concept_banks == [] and "near_duplicate" in ref.calibration.names

@@ -166,3 +166,64 @@ def test_alignment_variance_rejects_a_spread_alignment_when_in_the_family(
     image = digits_encoder.encode_images(digits.images[300:428])
     text = digits_encoder.encode_texts(digits.captions[300:428])
     assert guard.check_embeddings(image, text).metrics["alignment_variance"].passed is True
+
+
+# -- the registry and old configurations and files ------------------------------------------
+
+
+def test_a_pre_split_check_list_keeps_its_near_duplicate_check(reference: sg.Reference) -> None:
+    old_default = ("low_alignment", "off_manifold", "reference_copy", "label_mismatch")
+    with pytest.warns(FutureWarning, match="near_duplicate"):
+        config = sg.GuardConfig(sample_checks=old_default)
+    assert config.sample_checks == sg.GuardConfig().sample_checks
+    assert sg.Guard(reference, config).checks == sg.Guard(reference).checks
+
+
+def test_reasons_follow_the_registry_order_whatever_the_config_order(
+    reference: sg.Reference, digits: Any, digits_encoder: Any
+) -> None:
+    image = digits_encoder.encode_images(digits.images[300:340])
+    text = digits_encoder.encode_texts(digits.captions[300:340])
+    text[:5] = text[5:10]  # misaligned captions on real images
+    image[20:25] = reference.support_image[:5].float()  # copies of the reference, too
+    text[20:25] = text[5:10]
+    reordered = tuple(reversed(sg.GuardConfig().sample_checks))
+    reports = [
+        sg.Guard(reference, sg.GuardConfig(sample_checks=checks, batch_tests=())).check_embeddings(
+            image, text
+        )
+        for checks in (sg.GuardConfig().sample_checks, reordered)
+    ]
+    assert [s.reasons for s in reports[0].samples] == [s.reasons for s in reports[1].samples]
+    both = [s.reasons for s in reports[0].samples if len(s.reasons) > 1]
+    order = list(SAMPLE_CHECKS)
+    assert both and all([order.index(r) for r in rs] == sorted(order.index(r) for r in rs)
+                        for rs in both)  # fmt: skip
+
+
+def test_a_check_added_after_a_file_was_written_is_scored_on_load(
+    reference: sg.Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    blob = reference.to_bytes()
+    twin = dataclasses.replace(SAMPLE_CHECKS["off_manifold"], name="off_manifold_twin")  # type: ignore[arg-type]
+    monkeypatch.setitem(SAMPLE_CHECKS, "off_manifold_twin", twin)
+    loaded = sg.Reference.from_bytes(blob)
+    names = loaded.calibration.names
+    assert names[-1] == "off_manifold_twin"
+    column = loaded.calibration.badness[:, -1]
+    assert torch.equal(column, loaded.calibration.badness[:, names.index("off_manifold")])
+
+
+def test_a_labeler_from_class_embeddings_needs_no_encoder() -> None:
+    from synthguard.relabel import ZeroShotLabeler
+
+    labeler = ZeroShotLabeler(None, ["a", "b"], class_embeddings=torch.eye(2))
+    assert labeler.predict(torch.tensor([[0.1, 0.9], [2.0, 0.1]])).labels.tolist() == [1, 0]
+    with pytest.raises(sg.InvalidInputError, match="encoder"):
+        ZeroShotLabeler(None, ["a", "b"])
+    with pytest.raises(sg.InvalidInputError, match="class_embeddings must be a real"):
+        ZeroShotLabeler(None, ["a", "b"], class_embeddings=[[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(sg.InvalidInputError, match="needs an encoder"):
+        labeler.predict_images([b"not an image"])

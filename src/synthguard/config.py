@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from synthguard.checks import BATCH_TESTS, SAMPLE_CHECKS, BatchTestName, SampleCheckName
 
@@ -73,6 +74,24 @@ class GuardConfig(BaseModel):
     )
     min_batch_size: Annotated[int, Field(ge=2)] = 10
     max_batch_rows: Annotated[int, Field(ge=2)] = 1024
+
+    @field_validator("sample_checks", mode="before")
+    @classmethod
+    def _near_duplicate_with_copies(cls, value: Any) -> Any:
+        # Until 0.1, ``reference_copy`` also ran the within-batch near-duplicate check; a list
+        # written then keeps that protection (deprecated: list ``near_duplicate`` explicitly).
+        legacy = isinstance(value, (list, tuple)) and "reference_copy" in value
+        if legacy and "near_duplicate" not in value:
+            warnings.warn(
+                "sample_checks lists 'reference_copy' without 'near_duplicate', which is now "
+                "a check of its own; it is added, as 'reference_copy' used to imply it (list "
+                "it explicitly to silence this warning)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            at = list(value).index("reference_copy") + 1
+            return (*value[:at], "near_duplicate", *value[at:])
+        return value
 
     @model_validator(mode="after")
     def _check_family(self) -> GuardConfig:

@@ -40,8 +40,13 @@ COLLAPSE_DIRECTIONS: dict[str, Literal["down", "up"]] = {
 
 #: What :func:`generation_metrics` reports, from :func:`~synthguard.functional.collapse_metrics`.
 GENERATION_METRICS = (
-    "variance_ratio", "vendi_ratio", "coverage", "frechet_distance", "cmmd", "alignment_mean",
-)  # fmt: skip
+    "variance_ratio",
+    "vendi_ratio",
+    "coverage",
+    "frechet_distance",
+    "cmmd",
+    "alignment_mean",
+)
 
 
 def generation_metrics(reference: Reference, image: Any, text: Any) -> dict[str, float]:
@@ -50,7 +55,8 @@ def generation_metrics(reference: Reference, image: Any, text: Any) -> dict[str,
     ``variance_ratio`` (total variance), ``vendi_ratio``, ``coverage`` (k-NN balls of the
     reference's coverage rows hit), ``frechet_distance``, ``cmmd`` (against the reference's
     CMMD rows) and ``alignment_mean``: :func:`synthguard.functional.collapse_metrics` against
-    :meth:`Reference.collapse_reference`. Rows are L2-normalised; NaN or zero rows (unembeddable samples) are left out.
+    :meth:`Reference.collapse_reference`. Rows are L2-normalised; NaN or zero rows
+    (unembeddable samples) are left out.
     """
     img = torch.as_tensor(image, dtype=torch.float64)
     txt = torch.as_tensor(text, dtype=torch.float64)

@@ -60,3 +60,11 @@ def test_statistics_and_text_together_are_refused() -> None:
     reference = F.collapse_reference(_unit(20, 4, 2), _unit(20, 4, 3))
     with pytest.raises(sg.InvalidInputError, match="text must be None"):
         F.collapse_metrics(stats, _unit(10, 4, 1), reference)
+
+
+def test_a_whole_generation_is_compared_blockwise() -> None:
+    """Above 1,024 rows CMMD goes through the blockwise kernel sums: the same number."""
+    img, txt = _unit(1100, 4, 7), _unit(1100, 4, 8)
+    reference = F.collapse_reference(_unit(200, 4, 9), _unit(200, 4, 10), cmmd_rows=150)
+    got = F.collapse_metrics(img, txt, reference)
+    assert got["cmmd"] == pytest.approx(F.cmmd(img, reference.cmmd_rows), rel=1e-9, abs=1e-12)

@@ -32,7 +32,7 @@ from synthguard.functional._common import DEFAULT_BLOCK_SIZE, sq_dists
 from synthguard.functional.diversity import total_variance, vendi_score
 from synthguard.functional.drift import frechet_distance
 from synthguard.functional.fidelity import knn_radii
-from synthguard.functional.mmd import CMMD_SCALE, rbf_kernel
+from synthguard.functional.mmd import CMMD_SCALE, kernel_sum, rbf_kernel
 from synthguard.stats import EmbeddingStats, Moments
 
 __all__ = ["CollapseReference", "collapse_metrics", "collapse_reference"]
@@ -171,7 +171,18 @@ def _cmmd(image: torch.Tensor, reference: CollapseReference) -> float:
         return math.nan
     kyy = reference.cmmd_self
     if kyy is None:
-        kyy = float(rbf_kernel(ref, ref, sigma).fill_diagonal_(1.0).mean())
-    kxx = float(rbf_kernel(image, image, sigma).fill_diagonal_(1.0).mean())
-    kxy = float(rbf_kernel(image, ref, sigma).mean())
-    return CMMD_SCALE * (kxx + kyy - 2.0 * kxy)
+        kyy = _mean_kernel(ref, None, sigma)
+    return CMMD_SCALE * (
+        _mean_kernel(image, None, sigma) + kyy - 2.0 * _mean_kernel(image, ref, sigma)
+    )
+
+
+def _mean_kernel(a: torch.Tensor, b: torch.Tensor | None, sigma: float) -> float:
+    """Mean RBF kernel over ``a × b`` (``a × a``, diagonal 1, when ``b`` is ``None``)."""
+    other = a if b is None else b
+    if a.shape[0] <= DEFAULT_BLOCK_SIZE:  # a guard batch: one matrix (what the nulls used)
+        kernel = rbf_kernel(a, other, sigma)
+        return float((kernel.fill_diagonal_(1.0) if b is None else kernel).mean())
+    # A whole generation (the monitor): blockwise, memory O(block · (m + r)), never m × m.
+    total = kernel_sum(a, b, 1.0 / (2.0 * sigma * sigma), DEFAULT_BLOCK_SIZE)
+    return total / (a.shape[0] * other.shape[0])

@@ -20,7 +20,14 @@ from synthguard._validation import (
 )
 from synthguard.functional._common import DEFAULT_BLOCK_SIZE, check_block_size, sq_dists
 
-__all__ = ["PermutationTestResult", "cmmd", "mmd2_unbiased", "mmd_permutation_test", "rbf_kernel"]
+__all__ = [
+    "PermutationTestResult",
+    "cmmd",
+    "kernel_sum",
+    "mmd2_unbiased",
+    "mmd_permutation_test",
+    "rbf_kernel",
+]
 
 CMMD_SCALE = 1000.0
 
@@ -55,7 +62,7 @@ def _gamma(sigma: Any) -> float:
     return 1.0 / (2.0 * s * s)
 
 
-def _kernel_sum(a: torch.Tensor, b: torch.Tensor | None, gamma: float, block: int) -> float:
+def kernel_sum(a: torch.Tensor, b: torch.Tensor | None, gamma: float, block: int) -> float:
     """``Σ_ij k(a_i, b_j)``; with ``b=None`` the self-sum over ``a``, diagonal exactly 1."""
     other = a if b is None else b
     a_sq, o_sq = (a * a).sum(dim=1), (other * other).sum(dim=1)
@@ -99,9 +106,9 @@ def cmmd(x: Any, y: Any, *, sigma: float = 10.0, block_size: int = DEFAULT_BLOCK
     a, b = _inputs(x, y, 1)
     gamma, block = _gamma(sigma), check_block_size(block_size)
     m, n = a.shape[0], b.shape[0]
-    kxx = _kernel_sum(a, None, gamma, block) / (m * m)
-    kyy = _kernel_sum(b, None, gamma, block) / (n * n)
-    kxy = _kernel_sum(a, b, gamma, block) / (m * n)
+    kxx = kernel_sum(a, None, gamma, block) / (m * m)
+    kyy = kernel_sum(b, None, gamma, block) / (n * n)
+    kxy = kernel_sum(a, b, gamma, block) / (m * n)
     return CMMD_SCALE * (kxx + kyy - 2.0 * kxy)
 
 
@@ -121,9 +128,9 @@ def mmd2_unbiased(
     a, b = _inputs(x, y, 2)
     gamma, block = _gamma(sigma), check_block_size(block_size)
     m, n = a.shape[0], b.shape[0]
-    kxx = (_kernel_sum(a, None, gamma, block) - m) / (m * (m - 1))
-    kyy = (_kernel_sum(b, None, gamma, block) - n) / (n * (n - 1))
-    kxy = _kernel_sum(a, b, gamma, block) / (m * n)
+    kxx = (kernel_sum(a, None, gamma, block) - m) / (m * (m - 1))
+    kyy = (kernel_sum(b, None, gamma, block) - n) / (n * (n - 1))
+    kxy = kernel_sum(a, b, gamma, block) / (m * n)
     return kxx + kyy - 2.0 * kxy
 
 

@@ -70,14 +70,22 @@ class Guard:
         concept_banks: Sequence[ConceptBank] = (),
     ) -> None:
         self.plan = GuardPlan.compile(reference, config, concept_banks)
-        self.reference = reference
-        self.config = self.plan.config
         self.recaptioner = recaptioner
         self._encoder = encoder if encoder is not None else reference.encoder
         if self._encoder is None and reference.encoder_spec is not None:
             self._encoder = load_encoder(reference.encoder_spec)
         if self._encoder is not None:
             reference.check_encoder(self._encoder)
+
+    @property
+    def reference(self) -> Reference:
+        """The real-data reference (fixed: build another ``Guard`` for another one)."""
+        return self.plan.reference
+
+    @property
+    def config(self) -> GuardConfig:
+        """The configuration (fixed: build another ``Guard`` for another one)."""
+        return self.plan.config
 
     @property
     def checks(self) -> tuple[str, ...]:

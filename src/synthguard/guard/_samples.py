@@ -46,7 +46,11 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
     valid = rows.valid
     scored = _score(plan, rows, labels, valid)
     # A check runs on a batch that carries what it needs (labels, captions).
-    active = [c for c in plan.checks if _runs(c, scored, rows, labels)]
+    # Registry order, whatever the config's order: reasons and details read alike everywhere.
+    active = [
+        c for c in SAMPLE_CHECKS.values()
+        if c in plan.checks and _runs(c, scored, rows, labels)
+    ]  # fmt: skip
     limits = plan.badness_thresholds
     calibration = ref.sample_calibration(plan.check_names)
     flags = {c.name: valid & (scored.badness[c.name] > limits[c.name]) for c in active}

@@ -1,6 +1,8 @@
 """The real-data :class:`Reference` the guard decides against: building, calibration, file.
 
-- ``_reference.py``: the class (statistics, support, calibration, caches, persistence);
+- ``_reference.py``: the class (building, description, persistence, concept banks);
+- ``_calibrated.py``: its calibrated support (thresholds, accepted rows, batch contexts and the
+  cached nulls);
 - ``_build.py``: embedding real pairs into statistics and scoring the support leave-one-out;
 - ``_codec.py``: the ``.sgref`` bytes of a plain :class:`ReferenceState` (versioned, no pickle).
 """

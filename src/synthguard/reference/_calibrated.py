@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,22 +53,22 @@ class CalibratedSupport:
     coverage_rows: int
     cmmd_rows: int
 
-    def _calibrate(self, pre: dict[str, torch.Tensor]) -> None:
-        """Radii, calibration scores (``pre`` holds those already computed) and caches."""
-        s = self.support_image.shape[0]
-        self.support_radii = pre.get("support_radii", knn_radii(self.support_image, self.k))
-        self.coverage_radii_sq = pre.get("coverage_radii_sq", self._coverage_radii_sq())
+    def _calibrate(self, pre: dict[str, torch.Tensor], pre_checks: Sequence[str] = ()) -> None:
+        """Radii, calibration scores and caches; ``pre`` holds those already computed (the
+        calibration columns of the checks ``pre_checks``)."""
+        self.support_radii = (
+            pre["support_radii"] if "support_radii" in pre
+            else knn_radii(self.support_image, self.k)
+        )  # fmt: skip
+        self.coverage_radii_sq = (
+            pre["coverage_radii_sq"] if "coverage_radii_sq" in pre else self._coverage_radii_sq()
+        )
         checks = available_checks(
             labels=self.has_labels, captions=self.support_caption_tokens is not None
         )
-        names = tuple(c.name for c in checks)
-        badness = pre.get("calibration_badness")
-        if badness is not None and tuple(badness.shape) != (s, len(names)):
-            raise InvalidInputError(
-                f"calibration_badness must have shape {(s, len(names))}; got {tuple(badness.shape)}"
-            )
         self.calibration = SampleCalibration(
-            names=names, badness=self._badness(checks) if badness is None else badness
+            names=tuple(c.name for c in checks),
+            badness=self._badness(checks, pre.get("calibration_badness"), tuple(pre_checks)),
         )
         self._null_cache: dict[str, torch.Tensor] = {
             key[len("null/") :]: value for key, value in pre.items() if key.startswith("null/")
@@ -249,7 +250,40 @@ class CalibratedSupport:
             return self.support_radii**2
         return knn_radii(self.support_image[: self.coverage_rows], self.k) ** 2
 
-    def _badness(self, checks: Sequence[SampleCheck]) -> torch.Tensor:
+    def _badness(
+        self,
+        checks: Sequence[SampleCheck],
+        stored: torch.Tensor | None,
+        stored_names: tuple[str, ...],
+    ) -> torch.Tensor:
+        """Calibration columns: stored ones where given, the others scored now (a check added
+        after the reference was built runs on it without a rebuild)."""
+        s = self.support_image.shape[0]
+        if stored is not None and tuple(stored.shape) != (s, len(stored_names)):
+            raise InvalidInputError(
+                f"calibration_badness must have shape {(s, len(stored_names))} (one column per "
+                f"stored check {list(stored_names)}); got {tuple(stored.shape)}"
+            )
+        unknown = [n for n in stored_names if n not in SAMPLE_CHECKS]
+        if unknown:
+            warnings.warn(
+                f"the reference stores calibration for checks this synthguard does not know "
+                f"{unknown} (written by a newer version?); they are ignored",
+                UserWarning,
+                stacklevel=4,
+            )
+        missing = [c for c in checks if stored is None or c.name not in stored_names]
+        scored = self._score_support(missing) if missing else None
+        columns = []
+        for check in checks:
+            if stored is not None and check.name in stored_names:
+                columns.append(stored[:, stored_names.index(check.name)].double())
+            else:
+                assert scored is not None
+                columns.append(scored[:, missing.index(check)])
+        return torch.stack(columns, dim=1)
+
+    def _score_support(self, checks: Sequence[SampleCheck]) -> torch.Tensor:
         labeler = self.labeler()
         support = SupportToScore(
             self.support_image,

@@ -38,8 +38,6 @@ from synthguard.stats import EmbeddingStats
 
 __all__ = ["Reference"]
 
-_CMMD_SIGMA = 10.0  # Jayasumana et al. 2024
-
 
 class Reference(CalibratedSupport):
     """Real-data statistics and calibration, tied to one encoder fingerprint.
@@ -86,6 +84,7 @@ class Reference(CalibratedSupport):
         skipped: dict[str, int] | None = None,
         support_caption_tokens: torch.Tensor | None = None,
         _precomputed: dict[str, torch.Tensor] | None = None,
+        _precomputed_checks: Sequence[str] = (),
     ) -> None:
         self.stats = stats
         self.fingerprint = fingerprint
@@ -117,7 +116,7 @@ class Reference(CalibratedSupport):
                 f"support_caption_tokens must have shape ({s},); got "
                 f"{tuple(self.support_caption_tokens.shape)}"
             )
-        self._calibrate(dict(_precomputed or {}))
+        self._calibrate(dict(_precomputed or {}), _precomputed_checks)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -352,7 +351,7 @@ class Reference(CalibratedSupport):
             ref = cls(
                 stats,
                 fingerprint=None if fingerprint is None else EncoderFingerprint(**fingerprint),
-                encoder_spec=meta["encoder_spec"],
+                encoder_spec=meta.get("encoder_spec"),
                 k=meta["k"],
                 label_names=meta["label_names"],
                 label_templates=meta["label_templates"],
@@ -360,8 +359,9 @@ class Reference(CalibratedSupport):
                 logit_scale=meta["logit_scale"],
                 coverage_rows=meta["coverage_rows"],
                 cmmd_rows=meta["cmmd_rows"],
-                skipped=meta["skipped"],
+                skipped=meta.get("skipped", {}),
                 support_caption_tokens=tensors.get("support_caption_tokens"),
+                _precomputed_checks=meta["checks"],
                 _precomputed={
                     k: v
                     for k, v in tensors.items()
@@ -369,12 +369,11 @@ class Reference(CalibratedSupport):
                 },
             )
             ref.concept_banks = [
-                bank_from_spec(spec, tensors, i) for i, spec in enumerate(meta["concept_banks"])
+                bank_from_spec(spec, tensors, i)
+                for i, spec in enumerate(meta.get("concept_banks", []))
             ]
         except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
             raise CorruptFileError(f"reference file {source!r} is inconsistent: {exc}") from exc
-        if list(ref.calibration.names) != meta["checks"]:
-            raise CorruptFileError(f"reference file {source!r}: calibration columns do not match")
         return ref
 
     # -- internals -------------------------------------------------------------------------

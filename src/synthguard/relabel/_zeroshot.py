@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -413,8 +414,11 @@ def _check_templates(value: Any) -> tuple[str, ...]:
 
 def _columns(value: Any) -> int:
     """The column count of a 2-D array-like (its embedding dim), or -1 (refused later)."""
-    shape = getattr(value, "shape", None)
-    return int(shape[1]) if shape is not None and len(shape) == 2 else -1
+    try:
+        shape = np.shape(value)
+    except (ValueError, TypeError):  # ragged nested lists
+        return -1
+    return int(shape[1]) if len(shape) == 2 else -1
 
 
 def _model_logit_scale(encoder: Any) -> float | None:

@@ -406,10 +406,6 @@ class EmbeddingStats:
         for m, modality in enumerate(_MODALITIES):
             self._store_sample(modality, *unpack(parts, m, self.dim))
 
-    def empty_like(self) -> EmbeddingStats:
-        """Empty statistics of the same configuration (fingerprint, tables, sample size)."""
-        return self._empty_like(self.fingerprint)
-
     def _sum_fields(self) -> dict[str, torch.Tensor]:
         """The float64 sum fields, in a fixed order (live tensors)."""
         return {name: self._state[name] for name in self._sum_shapes()}
