@@ -272,3 +272,20 @@ def test_tiny_batches_get_per_sample_decisions_only(guard: sg.Guard, digits: Any
     assert report.risk_score is None and "batch tests skipped" in report.reasons[-1]
     assert report.accepted == (report.n_accepted > 0)
     assert len(report.samples) == 5
+
+
+def test_a_reference_built_with_a_loaded_encoder_guards_after_loading(tmp_path: Path) -> None:
+    """The README's flow: build with load_encoder(spec), save, Guard(Reference.load(...))."""
+    from synthguard.datasets import load_digits
+
+    real = load_digits("test")
+    enc = sg.load_encoder("bundled:digits")
+    assert enc.spec == "bundled:digits"
+    sg.Reference.build(real.images[:200], real.captions[:200], encoder=enc).save(
+        tmp_path / "real.sgref"
+    )
+    loaded = sg.Reference.load(tmp_path / "real.sgref")
+    assert loaded.encoder_spec == "bundled:digits"
+    guard = sg.Guard(loaded, sg.GuardConfig(batch_tests=()))
+    report = guard.check(sg.PairBatch(real.images[200:220], real.captions[200:220]))
+    assert report.n_samples == 20 and guard.encoder is not None

@@ -88,3 +88,44 @@ def test_samples_to_batch_accepts_dicts_and_checks_shape() -> None:
         samples_to_batch([42])
     with pytest.raises(sg.InvalidInputError, match="all have a label"):
         samples_to_batch([(1, "a", 3), (2, "b")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_both_gates_work_in_dataloader_workers(guard: sg.Guard, digits: Any, start: str) -> None:
+    """Workers forked after the encoder ran in the parent used to wait forever on its thread
+    pool; spawned workers need the guard pickled. Both give the single-process result."""
+    guard.check(sg.PairBatch(digits.images[:8], digits.captions[:8]))  # the pool runs here
+    data = _samples(digits, 300, 420, wrong_every=7)
+    alone = list(GuardedDataset(data, guard, chunk_size=30))
+    loader = DataLoader(
+        GuardedDataset(data, guard, chunk_size=30), batch_size=None, num_workers=2,
+        multiprocessing_context=start, timeout=300,
+    )  # fmt: skip
+    got = list(loader)
+    assert sorted(s[1] for s in got) == sorted(s[1] for s in alone) and len(got) == len(alone)
+    collated = DataLoader(
+        data, batch_size=40, num_workers=2, multiprocessing_context=start, timeout=300,
+        collate_fn=GuardedCollate(guard, list),
+    )  # fmt: skip
+    batches = list(collated)
+    assert len(batches) == 3
+    expected = [GuardedCollate(guard, list)(data[i : i + 40]) for i in range(0, 120, 40)]
+    assert batches == expected
+
+
+def test_guarded_dataset_streams_an_iterable_dataset(guard: sg.Guard, digits: Any) -> None:
+    """An IterableDataset has no len(): it is checked chunk by chunk as it streams."""
+    from torch.utils.data import IterableDataset
+
+    data = _samples(digits, 300, 390, wrong_every=7)
+
+    class Stream(IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            return iter(data)
+
+    streamed = GuardedDataset(Stream(), guard, chunk_size=40)
+    mapped = GuardedDataset(data, guard, chunk_size=40)
+    assert list(streamed) == list(mapped)
+    assert [r.n_samples for r in streamed.reports] == [40, 40, 10]
+    assert list(GuardedDataset(iter(data), guard, chunk_size=40)) == list(mapped)

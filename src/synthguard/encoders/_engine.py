@@ -15,6 +15,7 @@ import collections
 import hashlib
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,9 @@ from synthguard.encoders._images import (
 )
 
 __all__ = ["BatchedEncoder", "CaptionTruncatedWarning"]
+
+#: Guards the lazy creation of each encoder's preparation pool (threads may share an encoder).
+_POOL_LOCK = threading.Lock()
 
 
 class CaptionTruncatedWarning(UserWarning):
@@ -88,8 +92,10 @@ class BatchedEncoder:
         progress: bool = False,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         output_device: str | torch.device = "cpu",
+        spec: str | None = None,
     ) -> None:
         check_int("batch_size", batch_size, minimum=1)
+        self._spec = spec
         if prefetch_batches is not None:
             check_int("prefetch_batches", prefetch_batches, minimum=0)
         if num_workers is not None:
@@ -117,7 +123,8 @@ class BatchedEncoder:
         self.num_workers = num_workers or min(32 if self._device.type == "cuda" else 8, cores)
         self._cache_dir = cache_dir
         backend.module.to(self._device).eval().requires_grad_(False)
-        self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="synthguard-prep")
+        self._pool: ThreadPoolExecutor | None = None  # made on first use, per process
+        self._pool_pid: int | None = None
         self._closed = False
 
     # -- the Encoder protocol ---------------------------------------------------------------
@@ -140,6 +147,13 @@ class BatchedEncoder:
     def context_length(self) -> int:
         """Maximum caption length in tokens, special tokens included."""
         return self._backend.context_length
+
+    @property
+    def spec(self) -> str | None:
+        """The :func:`~synthguard.load_encoder` spec this encoder was loaded from (``None``
+        when built directly): a reference built with it records it, so a guard on the loaded
+        reference can load the same model."""
+        return self._spec
 
     @property
     def model_id(self) -> str:
@@ -237,9 +251,21 @@ class BatchedEncoder:
     def close(self) -> None:
         """Stop the worker threads and close the cache; the encoder cannot be used afterwards."""
         self._closed = True
-        self._pool.shutdown(wait=True)
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.shutdown(wait=True)
         if self._cache_dir is not None and "cache" in self.__dict__ and self.cache is not None:
             self.cache.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers under "spawn" (and Ray) receive the encoder pickled: the thread
+        # pool and the cache's SQLite connection stay behind and are made anew there.
+        state = dict(self.__dict__)
+        state.pop("cache", None)
+        state["_pool"], state["_pool_pid"] = None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def __enter__(self) -> BatchedEncoder:
         return self
@@ -256,6 +282,19 @@ class BatchedEncoder:
     def _check_open(self) -> None:
         if self._closed:
             raise EncoderError(f"{self.model_id}: this encoder was closed; load a new one")
+
+    @property
+    def _executor(self) -> ThreadPoolExecutor:
+        """The preparation pool of this process. A forked child (a DataLoader worker) inherits
+        the parent's pool without its threads, so waiting on it would hang forever: the child
+        starts its own."""
+        with _POOL_LOCK:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(
+                    self.num_workers, thread_name_prefix="synthguard-prep"
+                )
+                self._pool_pid = os.getpid()
+            return self._pool
 
     # -- images -------------------------------------------------------------------------------
     def _encode_images(
@@ -317,7 +356,9 @@ class BatchedEncoder:
         bar = self._bar(len(valid), "captions", progress)
         bar.update(len(valid) - len(todo))
         chunks = self._chunks(todo)
-        futures = (self._pool.submit(self._backend.tokenize, [texts[i] for i in c]) for c in chunks)
+        futures = (
+            self._executor.submit(self._backend.tokenize, [texts[i] for i in c]) for c in chunks
+        )
         for indices, future in zip(chunks, _ahead(futures, self.prefetch_batches), strict=True):
             features = self._run_model(self._backend.text_features, future.result())
             self._store("text", indices, features, out, failures, keys)
@@ -331,7 +372,7 @@ class BatchedEncoder:
     ) -> Iterator[tuple[list[int], list[Any]]]:
         """Yield (chunk indices, prepared samples), keeping ``prefetch_batches`` chunks queued."""
         chunks = self._chunks(indices)
-        submitted = ([self._pool.submit(prepare, i) for i in chunk] for chunk in chunks)
+        submitted = ([self._executor.submit(prepare, i) for i in chunk] for chunk in chunks)
         for chunk, futures in zip(chunks, _ahead(submitted, self.prefetch_batches), strict=True):
             yield chunk, [future.result() for future in futures]
 
@@ -429,7 +470,7 @@ class BatchedEncoder:
         """Fill ``out`` from the cache; return the indices still to encode and their keys."""
         if self.cache is None:
             return list(range(len(items))), None
-        keys = list(self._pool.map(lambda item: _safe_key(item, key_fn), items))
+        keys = list(self._executor.map(lambda item: _safe_key(item, key_fn), items))
         hits = self.cache.get_many(modality, [k for k in keys if k is not None])
         todo: list[int] = []
         for index, key in enumerate(keys):

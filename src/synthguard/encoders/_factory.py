@@ -75,7 +75,7 @@ def load_encoder(spec: str | Encoder, **options: Any) -> Encoder:
     if not rest:
         raise InvalidInputError(_unknown(spec))
     backend = _backend(scheme, rest, spec)
-    return BatchedEncoder(backend, **options)
+    return BatchedEncoder(backend, spec=spec, **options)
 
 
 def _backend(scheme: str, rest: str, spec: str) -> ModelBackend:

@@ -97,6 +97,19 @@ class GuardPlan:
             )
         return cls(config=config, reference=reference, checks=checks, concept_banks=banks)
 
+    def __getstate__(self) -> dict[str, object]:
+        # Checks travel by name (their scoring functions are the registry's, not data).
+        state = dict(self.__dict__)
+        state["checks"] = tuple(c.name for c in self.checks)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        names = state["checks"]
+        assert isinstance(names, tuple)
+        state = {**state, "checks": tuple(SAMPLE_CHECKS[n] for n in names)}
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+
     def per_sample_only(self) -> GuardPlan:
         """This plan without batch tests (per-sample decisions of a block of a pool)."""
         return replace(self, config=self.config.model_copy(update={"batch_tests": ()}))

@@ -95,7 +95,9 @@ class GuardedDataset(IterableDataset):
     """Iterate over the accepted (relabeled) samples of a map-style dataset.
 
     Args:
-        dataset: anything with ``__len__`` and ``__getitem__`` returning samples.
+        dataset: a map-style dataset (``__len__`` and ``__getitem__`` returning samples) or an
+            iterable one (an ``IterableDataset`` or any iterable of samples: WebDataset, Hugging
+            Face streaming), checked chunk by chunk as it streams.
         guard: the :class:`~synthguard.Guard` deciding.
         chunk_size: samples checked together (the batch tests' batch size).
         on_report: called with every :class:`~synthguard.GuardReport` (in the worker process
@@ -137,6 +139,9 @@ class GuardedDataset(IterableDataset):
         self.reports: list[GuardReport] = []
 
     def __iter__(self) -> Iterator[Any]:
+        if isinstance(self.dataset, IterableDataset) or not hasattr(self.dataset, "__len__"):
+            yield from self._stream()
+            return
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         n = len(self.dataset)
@@ -147,6 +152,28 @@ class GuardedDataset(IterableDataset):
             report, kept = _gate(self.guard, [self.dataset[i] for i in indices], indices)
             self._record(report)
             yield from kept
+
+    def _stream(self) -> Iterator[Any]:
+        """Chunks of an iterable dataset (WebDataset, Hugging Face streaming) as they arrive.
+
+        An iterable dataset splits itself among DataLoader workers (as PyTorch asks of it);
+        ids are positions in this worker's stream unless samples carry an ``"id"``.
+        """
+        chunk: list[Any] = []
+        start = 0
+        for sample in self.dataset:
+            chunk.append(sample)
+            if len(chunk) == self.chunk_size:
+                yield from self._checked(chunk, start)
+                start += len(chunk)
+                chunk = []
+        if chunk:
+            yield from self._checked(chunk, start)
+
+    def _checked(self, chunk: list[Any], start: int) -> Iterator[Any]:
+        report, kept = _gate(self.guard, chunk, list(range(start, start + len(chunk))))
+        self._record(report)
+        yield from kept
 
     def _record(self, report: GuardReport) -> None:
         if self.on_report is not None:

@@ -77,6 +77,16 @@ class CalibratedSupport:
         self._collapse: CollapseReference | None = None
         self._lock = threading.RLock()  # guards the caches: a Guard may be shared by threads
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for DataLoader workers under "spawn": the lock is per process.
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     # -- calibration -----------------------------------------------------------------------
 
     @property

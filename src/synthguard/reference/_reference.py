@@ -154,7 +154,7 @@ class Reference(CalibratedSupport):
         Samples that cannot be embedded are left out with a warning and counted in
         :attr:`skipped` (real data should embed; the count says if it did not).
         """
-        spec = encoder if isinstance(encoder, str) else None
+        spec = encoder if isinstance(encoder, str) else _spec_of(encoder)
         enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
         batch = PairBatch(as_sample_list(images, "images"), captions, labels=labels, ids=ids)
         if batch.labels is not None and label_names is not None:
@@ -210,7 +210,7 @@ class Reference(CalibratedSupport):
         stats = new_stats(image.shape[1], fingerprint, support_size, seed, label_names, labels)
         stats.update(image, text, labels=labels, ids=ids)
         return cls._finish(
-            stats, encoder, fingerprint, None, k, label_names, label_templates,
+            stats, encoder, fingerprint, _spec_of(encoder), k, label_names, label_templates,
             class_embeddings, logit_scale,
         )  # fmt: skip
 
@@ -408,3 +408,9 @@ def bank_from_spec(spec: dict[str, Any], tensors: dict[str, torch.Tensor], i: in
         templates=spec["templates"],
         uncertain_rate=spec["uncertain_rate"],
     )
+
+
+def _spec_of(encoder: Encoder | None) -> str | None:
+    """The spec an encoder was loaded from (:func:`~synthguard.load_encoder` records it)."""
+    spec = getattr(encoder, "spec", None)
+    return spec if isinstance(spec, str) else None
