@@ -136,11 +136,16 @@ def test_audit_equals_the_same_steps_in_one_process(
     where = _by_id(ray_rows)
     order = [where[str(i)] for i in local["id"]]
     for name in DECISIONS:
-        assert list(ray_rows[name][order]) == list(local[name]), name
+        column = "sg_sample_accepted" if name == "sg_accepted" else name
+        assert list(ray_rows[column][order]) == list(local[name]), name
+    # sg_accepted: what may be trained on (the sample's decision and the pool's verdict).
+    assert list(ray_rows["sg_accepted"][order]) == [
+        bool(a) and got["accepted"] for a in local["sg_accepted"]
+    ]
     # Writable to Parquet, decisions included.
     result.decisions.write_parquet(str(tmp_path / "out"))
     back = ray.data.read_parquet(str(tmp_path / "out")).take_batch(271, batch_format="numpy")
-    assert len(back["id"]) == 270 and int(back["sg_accepted"].sum()) == got["n_accepted"]
+    assert len(back["id"]) == 270 and int(back["sg_sample_accepted"].sum()) == got["n_accepted"]
 
 
 def test_a_mode_collapsed_pool_is_rejected_in_blocks(reference: sg.Reference, digits: Any) -> None:
@@ -211,3 +216,26 @@ def test_audit_refuses_an_empty_pool_and_warns_without_ids(
         sg.InvalidInputError, match="at least one row"
     ):  # fmt: skip
         audit(empty, reference, CONFIG, batch_size=8)
+
+
+@pytest.mark.slow
+def test_rows_of_a_rejected_pool_are_not_accepted(
+    local_ray: None, reference: sg.Reference, digits: Any
+) -> None:
+    """A mode-collapsed pool is rejected; filtering on sg_accepted keeps none of its rows."""
+    from synthguard.integrations.ray import audit
+
+    threes = [i for i in range(270, 540) if digits.labels[i] == 3][:40]
+    assert reference.encoder is not None
+    image = reference.encoder.encode_images([digits.images[i] for i in threes]).numpy()
+    text = reference.encoder.encode_texts([digits.captions[i] for i in threes]).numpy()
+    ds = ray.data.from_items(
+        [{"image_embedding": image[j], "text_embedding": text[j], "id": digits.ids[i]}
+         for j, i in enumerate(threes)], override_num_blocks=3,
+    )  # fmt: skip
+    result = audit(ds, reference, CONFIG, batch_size=15, id_column="id")
+    assert not result.report.accepted
+    rows = result.decisions.take_all()
+    assert len(rows) == len(threes) and not any(row["sg_accepted"] for row in rows)
+    assert sum(bool(row["sg_sample_accepted"]) for row in rows) == result.report.n_accepted > 0
+    assert result.decisions.filter(lambda row: row["sg_accepted"]).count() == 0

@@ -113,9 +113,11 @@ class PoolAudit:
     Attributes:
         report: the batch verdict on the whole pool (``samples`` is empty; counts cover the
             pool).
-        decisions: the dataset with decision columns ``sg_accepted``, ``sg_embedded``,
-            ``sg_reasons``, ``sg_details``, ``sg_new_label`` and ``sg_relabeled``
-            (materialised).
+        decisions: the dataset with decision columns ``sg_accepted`` (the row may be trained
+            on: its sample passed *and* the pool was accepted, so ``filter`` on it never keeps
+            rows of a rejected pool), ``sg_sample_accepted`` (the per-sample decision alone),
+            ``sg_embedded``, ``sg_reasons``, ``sg_details``, ``sg_new_label`` and
+            ``sg_relabeled``.
     """
 
     report: GuardReport
@@ -183,7 +185,24 @@ def audit(
     merged = result[_AGGREGATE]
     verdict = block_plan(reference, config, per_sample_only=False)
     report = pool_report(verdict, PoolState.from_bytes(merged))
-    return PoolAudit(report=report, decisions=decided)
+    final = decided.map_batches(
+        _PoolVerdict, fn_constructor_kwargs={"accepted": report.accepted},
+        batch_format="numpy", batch_size=batch_size,
+    )  # fmt: skip
+    return PoolAudit(report=report, decisions=final)
+
+
+class _PoolVerdict:
+    """``sg_accepted`` becomes the sample's decision and the pool's verdict together."""
+
+    def __init__(self, accepted: bool) -> None:
+        self.accepted = accepted
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = dict(batch)
+        out["sg_sample_accepted"] = np.asarray(batch["sg_accepted"], dtype=bool)
+        out["sg_accepted"] = out["sg_sample_accepted"] & self.accepted
+        return out
 
 
 class _Embedder:
