@@ -289,3 +289,28 @@ def test_a_reference_built_with_a_loaded_encoder_guards_after_loading(tmp_path: 
     guard = sg.Guard(loaded, sg.GuardConfig(batch_tests=()))
     report = guard.check(sg.PairBatch(real.images[200:220], real.captions[200:220]))
     assert report.n_samples == 20 and guard.encoder is not None
+
+
+def test_a_batch_of_normalised_tensors_is_one_clear_error(tmp_path: Path) -> None:
+    """ToTensor() + Normalize gives floats outside [0, 1]: the whole batch is refused in one
+    error that says what to do, not rejected sample by sample."""
+    from synthguard.datasets import load_digits
+
+    real = load_digits("test")
+    ref = sg.Reference.build(real.images[:120], real.captions[:120], encoder="bundled:digits")
+    guard = sg.Guard(ref, sg.GuardConfig(batch_tests=()))
+    arrays = [np.asarray(img, dtype=np.float32) / 255.0 for img in real.images[120:136]]
+    pixels = torch.stack([torch.from_numpy(a)[None] for a in arrays])
+    normalised = (pixels - 0.5) / 0.25
+    with pytest.raises(sg.InvalidInputError, match=r"un-normalised.*Normalize"):
+        guard.check(sg.PairBatch(list(normalised), real.captions[120:136]))
+    # In [0, 1] the same tensors are fine; one bad image among good ones is its own reject,
+    # with its reason said once.
+    mixed = list(pixels)
+    mixed[3] = normalised[3]
+    report = guard.check(sg.PairBatch(mixed, real.captions[120:136]))
+    bad = report.samples[3]
+    assert bad.reasons == (sg.ReasonCode.UNREADABLE_IMAGE,)
+    assert bad.details[0].startswith("unreadable_image: float images")
+    assert bad.details[0].count("unreadable_image:") == 1
+    assert sum(not s.accepted for s in report.samples) <= 3

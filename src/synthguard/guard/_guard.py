@@ -148,6 +148,7 @@ class Guard:
         try:
             self.plan.check_labels(batch.labels)
             emb = self._embed(batch)
+            _refuse_normalised_images(emb.error_details, len(batch))
             dim = self.reference.stats.dim
             image = unit_rows_or_nan("encoder image embeddings", emb.image, dim)
             text = unit_rows_or_nan("encoder text embeddings", emb.text, dim)
@@ -251,3 +252,19 @@ class Guard:
 
     def __repr__(self) -> str:
         return f"Guard({self.reference!r}, alpha={self.config.alpha}, checks={self.checks})"
+
+
+#: What the image loader says of a float image outside [0, 1] (encoders/_images.py).
+_OUT_OF_RANGE = "float images must have values in [0, 1]"
+
+
+def _refuse_normalised_images(details: dict[int, str], n: int) -> None:
+    """One batch-level error, not ``n`` identical rejects, when every image of a batch is a
+    float tensor outside [0, 1]: the batch was normalised for a model (``Normalize``)."""
+    if n and len(details) == n and all(_OUT_OF_RANGE in d for d in details.values()):
+        raise InvalidInputError(
+            f"images must be un-normalised: every image of the batch is a float tensor outside "
+            f"[0, 1] ({details[0].split('; ')[0]}), as after torchvision's Normalize. Pass the "
+            "images before Normalize (floats in [0, 1], uint8 arrays or PIL images): the "
+            "encoder applies its own preprocessing"
+        )

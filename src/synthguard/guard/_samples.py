@@ -67,8 +67,10 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
         reasons: list[ReasonCode] = []
         details: list[str] = []
         if i in rows.errors:
-            reasons.append(rows.errors[i])
-            details.append(f"{rows.errors[i]}: {rows.details.get(i, 'could not be embedded')}")
+            code, said = rows.errors[i], rows.details.get(i, "could not be embedded")
+            reasons.append(code)
+            # The engine's details already start with their codes; others get theirs here.
+            details.append(said if said.startswith(f"{code}:") else f"{code}: {said}")
         relabels: list[Relabel] = []
         if i in rows.caption_relabels:
             relabels.append(rows.caption_relabels[i])
