@@ -110,3 +110,38 @@ def test_bench_reports_ratios(capsys: Any) -> None:
     assert main(["bench"]) == 0
     out = capsys.readouterr().out
     assert "× embedding" in out and "guard.check_embeddings" in out
+
+
+def test_labels_without_names_are_refused_not_dropped(
+    workspace: dict[str, Path], capsys: Any
+) -> None:
+    out = workspace["root"] / "nameless.sgref"
+    code = main(["reference", "build", "--input", str(workspace["fresh"]),
+                 "--encoder", "bundled:digits", "--out", str(out)])  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert "--label-names is required" in capsys.readouterr().err
+    code = main(["reference", "build", "--input", str(workspace["fresh"]),
+                 "--encoder", "bundled:digits", "--out", str(out), "--ignore-labels"])  # fmt: skip
+    assert code == 0 and out.exists()
+
+
+def test_outputs_are_checked_before_the_work(workspace: dict[str, Path], capsys: Any) -> None:
+    """An output that cannot be written, or would overwrite the input, fails at once."""
+    base = ["check", "--reference", str(workspace["reference"]), "--input",
+            str(workspace["fresh"])]  # fmt: skip
+    missing = workspace["root"] / "no" / "such" / "accepted"
+    assert main([*base, "--write-accepted", str(missing)]) == 2
+    assert "does not exist or is not writable" in capsys.readouterr().err
+    assert main([*base, "--write-accepted", str(workspace["fresh"])]) == 2
+    assert main([*base, "--out", str(workspace["fresh"] / "report.json")]) == 2
+    assert "must not be the input" in capsys.readouterr().err
+    assert not (workspace["fresh"] / "report.json").exists()
+
+
+def test_version(capsys: Any) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"synthguard {version('synthguard')}"

@@ -59,8 +59,7 @@ def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _inputs(folder: Path) -> None:
     """Real pairs in the layouts the shell blocks name, and a synthetic shard."""
     real = load_digits("test")
-    pairs = sg.PairBatch(real.images[:300], real.captions[:300], labels=real.labels[:300],
-                         ids=real.ids[:300])  # fmt: skip
+    pairs = sg.PairBatch(real.images[:300], real.captions[:300], ids=real.ids[:300])
     for name in ("real", "real_pairs"):
         write_pairs(pairs, folder / name, "folder")
     synthetic = sg.PairBatch(real.images[300:380], real.captions[300:380], ids=real.ids[300:380])

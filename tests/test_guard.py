@@ -314,3 +314,31 @@ def test_a_batch_of_normalised_tensors_is_one_clear_error(tmp_path: Path) -> Non
     assert bad.details[0].startswith("unreadable_image: float images")
     assert bad.details[0].count("unreadable_image:") == 1
     assert sum(not s.accepted for s in report.samples) <= 3
+
+
+def test_a_report_goes_to_loggers_and_tables() -> None:
+    """to_metrics: flat finite numbers; to_pandas: one row per sample, the report's values."""
+    from synthguard.datasets import load_digits
+
+    real = load_digits("test")
+    ref = sg.Reference.build(real.images[:200], real.captions[:200], encoder="bundled:digits")
+    captions = list(real.captions[200:260])
+    captions[3] = captions[40]  # a misaligned caption, rejected
+    report = sg.Guard(ref, sg.GuardConfig(n_resamples=199, alpha_batch=0.05)).check(
+        sg.PairBatch(real.images[200:260], captions)
+    )
+    metrics = report.to_metrics()
+    assert metrics["synthguard/accepted"] == float(report.accepted)
+    assert metrics["synthguard/n_accepted"] == report.n_accepted
+    coverage = report.metrics["coverage"]
+    assert metrics["synthguard/metrics/coverage"] == coverage.value
+    assert metrics["synthguard/metrics/coverage/passed"] == float(bool(coverage.passed))
+    assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
+    for code, count in report.rejects_by_reason.items():
+        assert metrics[f"synthguard/rejects/{code}"] == count
+    table = report.to_pandas()
+    assert len(table) == 60 and int(table["accepted"].sum()) == report.n_accepted
+    row = report.samples[3]
+    assert table.loc[3, "reasons"] == ",".join(map(str, row.reasons))
+    assert table.loc[3, "score/alignment"] == row.scores["alignment"]
+    assert table.loc[3, "threshold/alignment"] == row.thresholds["alignment"]

@@ -7,11 +7,14 @@ input error (argparse's convention).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
-from synthguard._errors import SynthGuardError
+from synthguard._errors import InvalidInputError, SynthGuardError
 
 __all__ = ["main"]
 
@@ -42,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="synthguard",
         description="Guard retraining pipelines against model collapse from synthetic data.",
     )
+    parser.add_argument("--version", action="version", version=f"synthguard {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add(sub: Any, name: str, key: str, text: str) -> argparse.ArgumentParser:
@@ -64,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--encoder", required=True, help="encoder spec, e.g. bundled:digits")
     build.add_argument("--out", required=True, help="reference file to write (.sgref)")
     build.add_argument("--label-names", help="comma-separated class names (labels index them)")
+    build.add_argument(
+        "--ignore-labels", action="store_true",
+        help="build without the input's labels (else labels need --label-names)",
+    )  # fmt: skip
     build.add_argument("--template", default="a photo of a {name}", help="zero-shot template")
     build.add_argument("--support-size", type=int, default=10_000, help="support pairs kept")
 
@@ -117,6 +125,12 @@ def _build(args: argparse.Namespace) -> int:
 
     batch = read_pairs(args.input)
     names = None if not args.label_names else [n.strip() for n in args.label_names.split(",")]
+    if batch.labels is not None and names is None and not args.ignore_labels:
+        raise InvalidInputError(
+            f"--label-names is required: {args.input} has class labels (0..{max(batch.labels)}); "
+            "name the classes (--label-names zero,one,...) to calibrate the label check, or "
+            "pass --ignore-labels to build without them"
+        )
     ref = Reference.build(
         batch.images, batch.captions, encoder=args.encoder,
         labels=batch.labels if names else None, label_names=names,
@@ -137,6 +151,11 @@ def _check(args: argparse.Namespace) -> int:
     from synthguard.reference import Reference
     from synthguard.sources import detect_kind, read_pairs, write_pairs
 
+    if args.write_accepted:  # before minutes of work, not after
+        _check_output("--write-accepted", args.write_accepted, args.input)
+    for flag, value in (("--out", args.out), ("--html", args.html)):
+        if value:
+            _check_output(flag, value, args.input)
     encoder = load_encoder(args.encoder) if args.encoder else None
     reference = Reference.load(args.reference, encoder=encoder)
     config = GuardConfig(alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed)
@@ -155,6 +174,22 @@ def _check(args: argparse.Namespace) -> int:
         else:
             write_pairs(clean, args.write_accepted, detect_kind(args.input))
     return 0 if report.accepted else 1
+
+
+def _version() -> str:
+    try:
+        return version("synthguard")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown (not installed)"
+
+
+def _check_output(flag: str, target: str, source: str) -> None:
+    """Refuse an output the command could not write, or that would overwrite its input."""
+    path, folder = Path(target).resolve(), Path(target).resolve().parent
+    if path == Path(source).resolve() or Path(source).resolve() in path.parents:
+        raise InvalidInputError(f"{flag} must not be the input {source!r} or inside it")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InvalidInputError(f"{flag}: folder {str(folder)!r} does not exist or is not writable")
 
 
 def _bench() -> int:

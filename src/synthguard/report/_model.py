@@ -234,6 +234,60 @@ class GuardReport(BaseModel):
             atomic_write_text(path, text + "\n")
         return text
 
+    def to_metrics(self, prefix: str = "synthguard/") -> dict[str, float]:
+        """Flat name -> number, for a logger in one line (TensorBoard, W&B, MLflow, Lightning).
+
+        Counts, the verdict (1 accepted, 0 rejected), the risk score, and per batch metric its
+        value, p-value and (tests) its pass flag; per reason code its count. NaN and ``None``
+        are left out (loggers refuse them).
+
+        Example:
+            ``writer.add_scalars("guard", report.to_metrics())`` or
+            ``wandb.log(report.to_metrics())`` or ``mlflow.log_metrics(report.to_metrics())``.
+        """
+        out: dict[str, float | None] = {
+            "accepted": float(self.accepted),
+            "risk_score": self.risk_score,
+            "n_samples": float(self.n_samples),
+            "n_accepted": float(self.n_accepted),
+            "n_relabeled": float(self.n_relabeled),
+            "n_truncated": float(self.n_truncated),
+            "rows_tested": float(self.rows_tested),
+        }
+        for name, metric in self.metrics.items():
+            out[f"metrics/{name}"] = metric.value
+            out[f"metrics/{name}/p_value"] = metric.p_value
+            if metric.passed is not None:
+                out[f"metrics/{name}/passed"] = float(metric.passed)
+        for code, count in self.rejects_by_reason.items():
+            out[f"rejects/{code}"] = float(count)
+        return {
+            f"{prefix}{k}": float(v)
+            for k, v in out.items()
+            if v is not None and math.isfinite(float(v))
+        }
+
+    def to_pandas(self) -> Any:
+        """One row per sample (scores, thresholds, p-values, reasons, relabels) as a
+        ``pandas.DataFrame`` (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # an optional dependency: say how to get it
+            raise InvalidInputError("to_pandas needs pandas: pip install pandas") from exc
+        rows = []
+        for s in self.samples:
+            row: dict[str, Any] = {
+                "index": s.index, "id": s.id, "accepted": s.accepted,
+                "reasons": ",".join(map(str, s.reasons)), "details": "; ".join(s.details),
+                "new_label": s.new_label, "new_caption": s.new_caption,
+                "relabeled": any(r.applied for r in s.relabels), "truncated": s.truncated,
+            }  # fmt: skip
+            row.update({f"score/{k}": v for k, v in s.scores.items()})
+            row.update({f"threshold/{k}": v for k, v in s.thresholds.items()})
+            row.update({f"p_value/{k}": v for k, v in s.p_values.items()})
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("index") if rows else pd.DataFrame()
+
     def to_html(self, path: str | Path) -> Path:
         """Write a self-contained HTML report (tables and inline SVG charts) atomically."""
         target = Path(path)
