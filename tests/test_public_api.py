@@ -177,6 +177,7 @@ INTEGRATIONS = {
     "torch": TORCH_INTEGRATION,
     "torchmetrics": {"CollapseMetrics"},
     "ray": {"PoolAudit", "audit", "embed"},
+    "hf_datasets": {"guard_dataset"},
 }
 
 

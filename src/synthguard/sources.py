@@ -169,12 +169,18 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
     table = _pyarrow().read_table(path).to_pylist()
     rows = []
     for number, entry in enumerate(table):
+        if "caption" not in entry and "text" in entry:  # Hugging Face datasets' usual name
+            entry["caption"] = entry["text"]
         if "caption" not in entry or ("image" not in entry and "file" not in entry):
             raise InvalidInputError(
-                f"{path}: needs a 'caption' column and an 'image' (bytes) or 'file' column; "
-                f"got {sorted(entry)}"
+                f"{path}: needs a 'caption' (or 'text') column and an 'image' (bytes) or 'file' "
+                f"column; got {sorted(entry)}"
             )
         image = entry.get("image")
+        if isinstance(image, dict):  # datasets' Image feature: {"bytes", "path"}
+            image = image.get("bytes") or (
+                str(_safe(path.parent, str(image["path"]))) if image.get("path") else None
+            )
         if image is None and entry.get("file") is not None:
             image = str(_safe(path.parent, str(entry["file"])))
         rows.append({
