@@ -53,6 +53,8 @@ ENCODERS = {
     "PairEmbeddings",
     "bundled_model_path",
     "embed_pairs",
+    "from_open_clip",
+    "from_transformers",
     "load_encoder",
     "load_image",
 }

@@ -104,3 +104,46 @@ def test_local_dir_relative_path(tiny_openclip_dir: Path, monkeypatch: Any) -> N
     monkeypatch.chdir(tiny_openclip_dir.parent)
     enc = sg.load_encoder(f"openclip:local-dir:./{tiny_openclip_dir.name}")
     assert enc.dim == 32
+
+
+def test_an_open_clip_model_in_memory_embeds_as_its_spec_does(tiny_openclip_dir: Path) -> None:
+    import open_clip
+
+    import synthguard as sg
+    from synthguard.encoders import from_open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        f"local-dir:{tiny_openclip_dir}", device="cpu"
+    )
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tiny_openclip_dir}")
+    held = from_open_clip(model, preprocess, tokenizer, batch_size=4)
+    loaded = sg.load_encoder(f"openclip:local-dir:{tiny_openclip_dir}", batch_size=4)
+    images = [np.full((16, 16, 3), v, dtype=np.uint8) for v in (0, 90, 200)]
+    texts = ["a red square", "a blue circle", "nothing"]
+    assert torch.allclose(held.encode_images(images), loaded.encode_images(images), atol=1e-6)
+    assert torch.allclose(held.encode_texts(texts), loaded.encode_texts(texts), atol=1e-6)
+    assert held.fingerprint.weights_sha256 == loaded.fingerprint.weights_sha256
+    assert held.spec is None and "in memory" in held.fingerprint.model_id
+    with pytest.raises(sg.EncoderLoadError, match="open_clip model"):
+        from_open_clip(object(), preprocess, tokenizer)
+
+
+def test_a_transformers_model_in_memory_embeds_as_its_spec_does(tiny_hf_dir: Path) -> None:
+    import transformers
+
+    import synthguard as sg
+    from synthguard.encoders import from_transformers
+
+    model = transformers.AutoModel.from_pretrained(str(tiny_hf_dir))
+    processor = transformers.CLIPProcessor(
+        image_processor=transformers.AutoImageProcessor.from_pretrained(str(tiny_hf_dir)),
+        tokenizer=transformers.AutoTokenizer.from_pretrained(str(tiny_hf_dir)),
+    )
+    held = from_transformers(model, processor, batch_size=4)
+    loaded = sg.load_encoder(f"hf:{tiny_hf_dir}", batch_size=4)
+    texts = ["a red square", "a blue circle"]
+    assert torch.allclose(held.encode_texts(texts), loaded.encode_texts(texts), atol=1e-6)
+    images = [np.full((16, 16, 3), v, dtype=np.uint8) for v in (0, 200)]
+    assert torch.allclose(held.encode_images(images), loaded.encode_images(images), atol=1e-6)
+    with pytest.raises(sg.EncoderLoadError, match="processor"):
+        from_transformers(model, object())

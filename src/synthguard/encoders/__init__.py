@@ -15,7 +15,13 @@ from synthguard.encoders._base import (
 )
 from synthguard.encoders._cache import EmbeddingCache
 from synthguard.encoders._engine import BatchedEncoder, CaptionTruncatedWarning
-from synthguard.encoders._factory import BUNDLED_MODELS, bundled_model_path, load_encoder
+from synthguard.encoders._factory import (
+    BUNDLED_MODELS,
+    bundled_model_path,
+    from_open_clip,
+    from_transformers,
+    load_encoder,
+)
 from synthguard.encoders._images import DEFAULT_MAX_IMAGE_PIXELS, load_image
 
 __all__ = [
@@ -31,6 +37,8 @@ __all__ = [
     "PairEmbeddings",
     "bundled_model_path",
     "embed_pairs",
+    "from_open_clip",
+    "from_transformers",
     "load_encoder",
     "load_image",
 ]

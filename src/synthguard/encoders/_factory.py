@@ -11,7 +11,13 @@ from synthguard.encoders._backend import ModelBackend
 from synthguard.encoders._base import Encoder
 from synthguard.encoders._engine import BatchedEncoder
 
-__all__ = ["BUNDLED_MODELS", "bundled_model_path", "load_encoder"]
+__all__ = [
+    "BUNDLED_MODELS",
+    "bundled_model_path",
+    "from_open_clip",
+    "from_transformers",
+    "load_encoder",
+]
 
 #: Models that ship inside the package (name -> folder under ``encoders/_bundled``).
 BUNDLED_MODELS = ("digits",)
@@ -76,6 +82,35 @@ def load_encoder(spec: str | Encoder, **options: Any) -> Encoder:
         raise InvalidInputError(_unknown(spec))
     backend = _backend(scheme, rest, spec)
     return BatchedEncoder(backend, spec=spec, **options)
+
+
+def from_open_clip(model: Any, preprocess: Any, tokenizer: Any, **options: Any) -> BatchedEncoder:
+    """An encoder around an open_clip model already in memory (no spec, no download).
+
+    Args:
+        model, preprocess, tokenizer: what ``open_clip.create_model_and_transforms`` (its
+            validation transform) and ``open_clip.get_tokenizer`` return.
+        **options: engine options, as for :func:`load_encoder`.
+
+    The fingerprint hashes the model's weights and preprocessing, and names the model as held
+    in memory: build the reference with this encoder too (a reference built from a spec
+    records that spec as the model id).
+    """
+    from synthguard.encoders._openclip import OpenClipBackend
+
+    name = f"open_clip:{type(model).__name__}(in memory)"
+    return BatchedEncoder(
+        OpenClipBackend.from_objects(model, preprocess, tokenizer, model_id=name), **options
+    )
+
+
+def from_transformers(model: Any, processor: Any, **options: Any) -> BatchedEncoder:
+    """An encoder around a transformers dual encoder (CLIPModel, SiglipModel, ...) and its
+    processor already in memory; see :func:`from_open_clip`."""
+    from synthguard.encoders._hf import HFBackend
+
+    name = f"transformers:{type(model).__name__}(in memory)"
+    return BatchedEncoder(HFBackend.from_objects(model, processor, model_id=name), **options)
 
 
 def _backend(scheme: str, rest: str, spec: str) -> ModelBackend:

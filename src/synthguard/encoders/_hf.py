@@ -53,6 +53,26 @@ class HFBackend(ModelBackend):
                 "Weights are downloaded once into the Hugging Face cache; offline, pass a "
                 "folder written by save_pretrained()."
             ) from exc
+        self._adopt(model)
+
+    @classmethod
+    def from_objects(cls, model: Any, processor: Any, *, model_id: str) -> HFBackend:
+        """Wrap a transformers dual encoder and its processor already in memory."""
+        tokenizer = getattr(processor, "tokenizer", None)
+        image_processor = getattr(processor, "image_processor", None)
+        if tokenizer is None or image_processor is None:
+            raise EncoderLoadError(
+                "processor must be the model's processor (with .tokenizer and "
+                f".image_processor, e.g. CLIPProcessor); got {type(processor).__name__}"
+            )
+        backend = cls.__new__(cls)
+        backend.model_id = model_id
+        backend._tokenizer, backend._image_processor = tokenizer, image_processor
+        backend._adopt(model)
+        return backend
+
+    def _adopt(self, model: Any) -> None:
+        model_id = self.model_id
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise EncoderLoadError(
                 f"{model_id!r} loads as {type(model).__name__}, which has no "

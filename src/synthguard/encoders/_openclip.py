@@ -42,6 +42,27 @@ class OpenClipBackend(ModelBackend):
                 "Pretrained weights are downloaded once into the Hugging Face cache; on an "
                 "offline machine, populate that cache first or use 'openclip:local-dir:PATH'."
             ) from exc
+        self._adopt(model, preprocess)
+
+    @classmethod
+    def from_objects(
+        cls, model: Any, preprocess: Any, tokenizer: Any, *, model_id: str
+    ) -> OpenClipBackend:
+        """Wrap a model already in memory (as ``open_clip.create_model_and_transforms`` and
+        ``open_clip.get_tokenizer`` return them)."""
+        for name, value in (("model", model), ("preprocess", preprocess), ("tokenizer", tokenizer)):
+            if value is None or (name == "model" and not hasattr(model, "encode_image")):
+                raise EncoderLoadError(
+                    f"{name} must be an open_clip model, its validation transform and its "
+                    f"tokenizer; got {type(value).__name__} for {name}"
+                )
+        backend = cls.__new__(cls)
+        backend.model_id = model_id
+        backend._tokenizer = tokenizer
+        backend._adopt(model, preprocess)
+        return backend
+
+    def _adopt(self, model: Any, preprocess: Any) -> None:
         self.module = model.eval()
         self._model: Any = model  # typed loosely: towers are called by name
         self._preprocess = preprocess
