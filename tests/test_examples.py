@@ -43,3 +43,15 @@ def test_guarded_finetune_beats_training_on_raw_synthetic_data(capsys: Any) -> N
     guarded = float(out.split("trained on guarded synthetic data:")[1].split()[0])
     assert guarded > raw, out
     assert "batches rejected: 3 of 12" in out
+
+
+@pytest.mark.slow
+def test_hf_dataset_gate_keeps_only_accepted_chunks_samples(capsys: Any) -> None:
+    pytest.importorskip("datasets")
+    assert _load("hf_dataset_gate").main([]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("chunk ")]
+    assert len(lines) == 3 and "REJECTED" in lines[2]  # the collapsed chunk
+    accepted = [int(line.split(", ")[1].split()[0]) for line in lines if "accepted," in line]
+    kept = int(out.split("kept for training: ")[1].split()[0])
+    assert kept == sum(accepted) and int(lines[1].split(", ")[1].split()[0]) <= 30
