@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -48,6 +49,16 @@ class BatchContext:
     cmmd_kernel: torch.Tensor
     duplicate_cosine: float
 
+    @cached_property
+    def cmmd_row_sums(self) -> torch.Tensor:
+        """``[cmmd_rows]`` row sums of the kernel matrix (every resample reads them)."""
+        return self.cmmd_kernel.sum(dim=1)
+
+    @cached_property
+    def cmmd_total(self) -> torch.Tensor:
+        """The sum of the whole kernel matrix."""
+        return self.cmmd_row_sums.sum()
+
 
 def comparison(
     ctx: BatchContext, exclude: torch.Tensor | None = None, cosines: torch.Tensor | None = None
@@ -70,8 +81,7 @@ def comparison(
     # Σ kernel over kept pairs = Σ all − 2 Σ rows of dropped + Σ dropped×dropped: the
     # reference's self-term costs O(dropped²) per resample instead of O(c²).
     dropped = torch.nonzero(~cmmd).flatten()
-    row_sums = ctx.cmmd_kernel.sum(dim=1)
-    kept_sum = row_sums.sum() - 2.0 * row_sums[dropped].sum()
+    kept_sum = ctx.cmmd_total - 2.0 * ctx.cmmd_row_sums[dropped].sum()
     kept_sum = kept_sum + ctx.cmmd_kernel[dropped][:, dropped].sum()
     n_kept = int(cmmd.sum())
     return CollapseReference(

@@ -19,7 +19,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageDecodeError", "content_key", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "FLOAT_RANGE_ERROR",
+    "ImageDecodeError",
+    "content_key",
+    "load_image",
+]
+
+#: Why a float image is refused; the guard recognises a whole batch of them by it.
+FLOAT_RANGE_ERROR = "float images must have values in [0, 1]"
 
 #: Pillow's own decompression-bomb warning threshold; we turn it into a per-sample error.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -139,9 +148,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
             raise ImageDecodeError("float image contains NaN or Inf values")
         low, high = float(array.min()), float(array.max())
         if low < 0.0 or high > 1.0:
-            raise ImageDecodeError(
-                f"float images must have values in [0, 1]; got range [{low:.4g}, {high:.4g}]"
-            )
+            raise ImageDecodeError(f"{FLOAT_RANGE_ERROR}; got range [{low:.4g}, {high:.4g}]")
         return np.round(array * 255.0).astype(np.uint8)
     raise ImageDecodeError(
         f"unsupported array dtype {array.dtype}; expected uint8, uint16, bool or float in [0, 1]"

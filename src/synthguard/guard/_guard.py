@@ -14,6 +14,7 @@ from synthguard.batch import PairBatch
 from synthguard.concepts import ConceptBank
 from synthguard.config import GuardConfig
 from synthguard.encoders import Encoder, embed_pairs, load_encoder
+from synthguard.encoders._images import FLOAT_RANGE_ERROR
 from synthguard.guard._decide import decide
 from synthguard.guard._plan import GuardPlan
 from synthguard.guard._rows import EmbeddedRows, mark_unembedded
@@ -254,14 +255,10 @@ class Guard:
         return f"Guard({self.reference!r}, alpha={self.config.alpha}, checks={self.checks})"
 
 
-#: What the image loader says of a float image outside [0, 1] (encoders/_images.py).
-_OUT_OF_RANGE = "float images must have values in [0, 1]"
-
-
 def _refuse_normalised_images(details: dict[int, str], n: int) -> None:
     """One batch-level error, not ``n`` identical rejects, when every image of a batch is a
     float tensor outside [0, 1]: the batch was normalised for a model (``Normalize``)."""
-    if n and len(details) == n and all(_OUT_OF_RANGE in d for d in details.values()):
+    if n and len(details) == n and all(FLOAT_RANGE_ERROR in d for d in details.values()):
         raise InvalidInputError(
             f"images must be un-normalised: every image of the batch is a float tensor outside "
             f"[0, 1] ({details[0].split('; ')[0]}), as after torchvision's Normalize. Pass the "

@@ -23,6 +23,7 @@ from synthguard.checks import (
     SAMPLE_CHECKS,
     BatchContext,
     BatchTest,
+    SampleCalibration,
     SampleCheck,
     flag_rate_bound,
     flag_rate_p,
@@ -129,10 +130,14 @@ class GuardPlan:
         return tuple(c.name for c in self.checks if not c.label_policy or reject_labels)
 
     @cached_property
+    def calibration(self) -> SampleCalibration:
+        """The joint leave-one-out calibration of :attr:`checks`."""
+        return self.reference.sample_calibration(self.check_names)
+
+    @cached_property
     def badness_thresholds(self) -> dict[str, float]:
         """Per check: a sample is flagged when its badness is strictly above this value."""
-        calibration = self.reference.sample_calibration(self.check_names)
-        return calibration.thresholds(self.config.alpha)
+        return self.calibration.thresholds(self.config.alpha)
 
     def threshold(self, name: str) -> float:
         """Check ``name``'s calibrated threshold in its score's units."""

@@ -31,7 +31,7 @@ from synthguard.guard._rows import EmbeddedRows, mark_unembedded
 from synthguard.guard._summary import BatchSummary
 from synthguard.guard._verdict import make_report
 from synthguard.reference import Reference
-from synthguard.report import GuardReport
+from synthguard.report import GuardReport, decision_columns
 from synthguard.stats import EmbeddingStats
 from synthguard.stats._hashing import hash_ids
 
@@ -98,14 +98,10 @@ def decide_block(
         plan, EmbeddedRows(image, text, ids, labels, errors, details, truncated=truncated)
     )
     out = dict(batch)
-    out["sg_accepted"] = np.array([s.accepted for s in report.samples])
+    columns = decision_columns(report.samples)
+    out.update({name: np.array(values) for name, values in columns.items()})
+    out["sg_new_label"] = np.array(columns["sg_new_label"], dtype=np.int64)
     out["sg_embedded"] = np.array([i not in errors for i in range(n)])
-    out["sg_reasons"] = np.array([",".join(map(str, s.reasons)) for s in report.samples])
-    out["sg_details"] = np.array(["; ".join(s.details) for s in report.samples])
-    out["sg_new_label"] = np.array(
-        [-1 if s.new_label is None else s.new_label for s in report.samples], dtype=np.int64
-    )
-    out["sg_relabeled"] = np.array([any(r.applied for r in s.relabels) for s in report.samples])
     for bank in plan.concept_banks:  # concept index per group (uncertain = len; -1: none)
         for group, index in bank.assign(image).items():
             out[f"sg_concept_{group}"] = index.numpy()

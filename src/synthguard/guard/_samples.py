@@ -52,10 +52,9 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
         if c in plan.checks and _runs(c, scored, rows, labels)
     ]  # fmt: skip
     limits = plan.badness_thresholds
-    calibration = ref.sample_calibration(plan.check_names)
     flags = {c.name: valid & (scored.badness[c.name] > limits[c.name]) for c in active}
     p_values = {
-        c.score: calibration.p_values(c.name, scored.badness[c.name].nan_to_num(-math.inf))
+        c.score: plan.calibration.p_values(c.name, scored.badness[c.name].nan_to_num(-math.inf))
         for c in active
         if c.conformal_p
     }

@@ -16,8 +16,9 @@ batch tests see a chunk), through ``Dataset.map(batched=True)``, so an ``Iterabl
 - ``sg_accepted``: the sample passed *and* its chunk was accepted (what may be trained on);
 - ``sg_sample_accepted``: the per-sample decision alone;
 - ``sg_reasons`` (comma-separated reason codes), ``sg_details`` (in words);
-- ``sg_caption`` and ``sg_label``: the caption and label to train with (relabels applied;
-  label ``-1`` without labels);
+- ``sg_caption`` and ``sg_new_label``: the caption and label to train with (relabels
+  applied; label ``-1`` without labels), ``sg_relabeled``: whether either was changed
+  (the columns of :func:`synthguard.integrations.ray.audit`, named alike);
 - ``sg_chunk``: the chunk's index; its report goes to ``on_report``.
 """
 
@@ -30,7 +31,7 @@ from synthguard._errors import InvalidInputError
 from synthguard._validation import check_int, describe
 from synthguard.batch import PairBatch
 from synthguard.guard import Guard
-from synthguard.report import GuardReport
+from synthguard.report import GuardReport, decision_columns
 
 __all__ = ["guard_dataset"]
 
@@ -91,16 +92,15 @@ class _Chunks:
         if self.on_report is not None:
             self.on_report(report)
         samples = report.samples
+        columns = decision_columns(samples)
         return {
             **rows,
-            "sg_accepted": [s.accepted and report.accepted for s in samples],
-            "sg_sample_accepted": [s.accepted for s in samples],
-            "sg_reasons": [",".join(map(str, s.reasons)) for s in samples],
-            "sg_details": ["; ".join(s.details) for s in samples],
+            **columns,
+            "sg_accepted": [a and report.accepted for a in columns["sg_accepted"]],
+            "sg_sample_accepted": columns["sg_accepted"],
             "sg_caption": [
                 s.new_caption if s.new_caption is not None else batch.captions[s.index]
                 for s in samples
             ],
-            "sg_label": [-1 if s.new_label is None else s.new_label for s in samples],
             "sg_chunk": [indices[0] // self.chunk_size] * len(samples),
         }

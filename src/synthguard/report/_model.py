@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -297,6 +298,19 @@ class GuardReport(BaseModel):
 
 def _num(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def decision_columns(samples: Sequence[SampleDecision]) -> dict[str, list[Any]]:
+    """Per-sample decision columns as the dataset integrations write them (Ray, Hugging Face):
+    ``sg_accepted`` (the sample's decision), ``sg_reasons`` (comma-separated codes),
+    ``sg_details`` (``"; "``-joined), ``sg_new_label`` (``-1``: none), ``sg_relabeled``."""
+    return {
+        "sg_accepted": [s.accepted for s in samples],
+        "sg_reasons": [",".join(map(str, s.reasons)) for s in samples],
+        "sg_details": ["; ".join(s.details) for s in samples],
+        "sg_new_label": [-1 if s.new_label is None else s.new_label for s in samples],
+        "sg_relabeled": [any(r.applied for r in s.relabels) for s in samples],
+    }
 
 
 def report_id(value: Any) -> int | str:
