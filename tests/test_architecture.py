@@ -45,7 +45,11 @@ def test_check_names_reason_codes_and_registry_agree() -> None:
 def test_test_names_and_registry_agree() -> None:
     assert get_args(BatchTestName) == tuple(BATCH_TESTS)
     assert tuple(n for n, t in BATCH_TESTS.items() if t.null == "resampled") == RESAMPLED_TESTS
-    assert [t.name for t in BATCH_TESTS.values() if t.null == "exact"] == ["flag_rate"]
+    exact = [t for t in BATCH_TESTS.values() if t.null == "exact"]
+    assert [t.name for t in exact] == ["duplicate_rate", "flag_rate"]
+    assert all(t.exact_p is not None and t.exact_bound is not None for t in exact)
+    resampled = [t for t in BATCH_TESTS.values() if t.null == "resampled"]
+    assert all(t.exact_p is None and t.exact_bound is None for t in resampled)
 
 
 def test_config_defaults_come_from_the_registries() -> None:

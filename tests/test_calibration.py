@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from synthguard import functional as F
 from synthguard.checks import (
@@ -20,13 +21,17 @@ from synthguard.checks import (
     batch_null,
     batch_values,
     bound_at,
+    duplicate_count_bound,
+    duplicate_count_p,
     duplicate_rate,
     empirical_p,
     flag_rate_test,
+    held_out,
     holm,
     kth_distance,
     max_cosine,
 )
+from synthguard.checks._null import kept_radii_sq
 from synthguard.functional.mmd import rbf_kernel
 from synthguard.stats import Moments
 
@@ -156,6 +161,8 @@ def _context(
         ),
         accepted=torch.ones(support.shape[0], dtype=torch.bool),
         support=support,
+        support_text=text,
+        k=k,
         coverage_rows=support.shape[0],
         coverage_radii_sq=F.knn_radii(support, k) ** 2,
         cmmd_rows=cmmd_rows,
@@ -214,8 +221,8 @@ def test_excluded_rows_leave_the_reference_exactly() -> None:
     assert values["frechet_distance"] == pytest.approx(F.frechet_distance(img, support[rest]))
     keep_cmmd = rest[:50]
     assert values["cmmd"] == pytest.approx(F.cmmd(img, support[:50][keep_cmmd]), rel=1e-9)
-    # coverage over the complement, k-NN radii of the full support (brute force)
-    radii = ctx.coverage_radii_sq[rest]
+    # coverage over the complement, k-NN radii within the complement (brute force)
+    radii = torch.cdist(support[rest], support[rest]).pow(2).sort(dim=1).values[:, 5]
     d2 = torch.cdist(support[rest], img) ** 2
     covered = (d2 < radii[:, None] - 1e-9).any(dim=1).double().mean()
     assert values["coverage"] == pytest.approx(float(covered))
@@ -235,26 +242,128 @@ def test_resampled_null_calibrates_false_alarms_on_fresh_real_batches() -> None:
             torch.nn.functional.normalize(txt, dim=1),
         )
 
-    support, support_txt = draw(1200)
-    ctx = _context(support, support_txt, cmmd_rows=300)
-    ctx = BatchContext(**{**ctx.__dict__, "coverage_rows": 600,
-                          "coverage_radii_sq": F.knn_radii(support[:600], 5) ** 2})  # fmt: skip
-    null = batch_null(ctx, support_txt, torch.arange(1200), 40, 40, 199, seed=0)
-    assert null.shape == (199, len(RESAMPLED_TESTS))
-    level = 0.1
-    fails = torch.zeros(len(RESAMPLED_TESTS))
-    trials = 150
-    for _ in range(trials):
-        img, txt = draw(40)
-        values = batch_values(ctx, img, txt)
-        for j, name in enumerate(RESAMPLED_TESTS[:-1]):  # the duplicate rate is 0 here
-            fails[j] += empirical_p(null[:, j], values[name], BATCH_TESTS[name].direction) <= level
-    rates = fails / trials
-    for j, name in enumerate(RESAMPLED_TESTS[:-1]):
-        # level 0.1 with 150 trials: sd 0.025; allow 3 sd above, and the test must fire at all
-        assert rates[j] <= level + 0.075, (name, float(rates[j]))
-        assert rates[j] >= 0.02, (name, float(rates[j]))
-    assert not math.isnan(float(null.sum()))
+    # A resampled null is conditional on its support, so its level holds on average over
+    # supports: six supports, 30 fresh batches each, per batch size.
+    supports, per_support, level = 12, 20, 0.1
+    trials = supports * per_support
+    for size in (40, 400):  # m/n = 1/30 and 1/2 (of the 1,200 − m rows kept)
+        fails = torch.zeros(len(RESAMPLED_TESTS))
+        for _ in range(supports):
+            support, support_txt = draw(1200)
+            ctx = _context(support, support_txt, cmmd_rows=300)
+            radii_sq = F.knn_radii(support[:600], 5) ** 2
+            ctx = BatchContext(
+                **{**ctx.__dict__, "coverage_rows": 600, "coverage_radii_sq": radii_sq}
+            )
+            null = batch_null(ctx, size, 199, seed=0)
+            assert null.shape == (199, len(RESAMPLED_TESTS))
+            assert not math.isnan(float(null.sum()))
+            for _ in range(per_support):
+                img, txt = draw(size)
+                values = batch_values(ctx, img, txt, held_out(ctx, size, 0, img))
+                for j, name in enumerate(RESAMPLED_TESTS):
+                    direction = BATCH_TESTS[name].direction
+                    fails[j] += empirical_p(null[:, j], values[name], direction) <= level
+        rates = fails / trials
+        for j, name in enumerate(RESAMPLED_TESTS):
+            # level 0.1 with 240 trials: sd 0.019; allow 4 sd above, and the test must fire
+            assert rates[j] <= level + 0.077, (size, name, float(rates[j]))
+            assert rates[j] >= 0.03, (size, name, float(rates[j]))
+
+
+def test_held_out_rows_are_seeded_accepted_rows() -> None:
+    support, support_txt = _unit(100, 6, 3), _unit(100, 6, 4)
+    ctx = _context(support, support_txt)
+    accepted = torch.ones(100, dtype=torch.bool)
+    accepted[::3] = False
+    ctx = BatchContext(**{**ctx.__dict__, "accepted": accepted})
+    rows = held_out(ctx, 20, seed=7)
+    assert rows.numel() == 20 and rows.unique().numel() == 20
+    assert bool(accepted[rows].all())
+    assert torch.equal(rows, held_out(ctx, 20, seed=7))
+    assert not torch.equal(rows, held_out(ctx, 20, seed=8))
+    batch = _unit(20, 6, 9)
+    assert torch.equal(held_out(ctx, 20, 7, batch), held_out(ctx, 20, 7, batch.clone()))
+    assert not torch.equal(held_out(ctx, 20, 7, batch), held_out(ctx, 20, 7, batch[1:]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=8, max_value=90),
+    st.floats(min_value=0.0, max_value=0.95),
+    st.integers(min_value=1, max_value=6),
+    st.integers(min_value=0, max_value=10_000),
+)
+def test_kept_radii_equal_brute_force_knn_within_the_kept_rows(
+    c: int, dropped: float, k: int, seed: int
+) -> None:
+    """Exact with the neighbour lists and when they run out (more than 48 dropped)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randn(c, 3, generator=g, dtype=torch.float64)
+    rows[1] = rows[0]  # a duplicate: neighbours at distance 0 count
+    ctx = _context(
+        torch.nn.functional.normalize(rows, dim=1), _unit(c, 3, seed + 1), k=min(k, c - 1)
+    )
+    keep = torch.rand(c, generator=g) >= dropped
+    got = kept_radii_sq(ctx, keep)
+    kept = ctx.support[keep]
+    d2 = torch.cdist(kept, kept).pow(2)
+    d2.fill_diagonal_(math.inf)
+    ordered = d2.sort(dim=1).values
+    want = (
+        ordered[:, ctx.k - 1] if kept.shape[0] > ctx.k
+        else torch.full((kept.shape[0],), math.inf, dtype=torch.float64)
+    )  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_duplicate_count_p_is_the_conditional_poisson_tail() -> None:
+    """Brute force: P(X >= x | X + Y = T) for X ~ Poisson(λ·C(m,2)), Y ~ Poisson(λ·C(n,2))."""
+    for count, rows, support_count, support_size in [(3, 40, 2, 300), (0, 64, 5, 500),
+                                                     (6, 128, 3, 300), (1, 10, 0, 50)]:  # fmt: skip
+        a, b = math.comb(rows, 2), math.comb(support_size, 2)
+        total = count + support_count
+        lam = 1e-4  # any rate: it cancels
+        joint = [
+            stats.poisson.pmf(j, lam * a) * stats.poisson.pmf(total - j, lam * b)
+            for j in range(total + 1)
+        ]
+        want = sum(joint[count:]) / sum(joint) if count else 1.0
+        p, median = duplicate_count_p(count, rows, support_count, support_size)
+        assert p == pytest.approx(want, rel=1e-9)
+        assert median == pytest.approx(
+            stats.poisson.median(support_count * a / b) / rows if support_count else 0.0
+        )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=300),
+    st.integers(min_value=0, max_value=20),
+    st.sampled_from([0.001, 0.01, 0.05]),
+)
+def test_duplicate_count_bound_equals_a_scan_of_every_count(
+    rows: int, support_count: int, level: float
+) -> None:
+    bound = duplicate_count_bound(rows, support_count, 600, level)
+    for count in range(rows + 1):
+        p, _ = duplicate_count_p(count, rows, support_count, 600)
+        assert (p <= level) == (count / rows > bound + 1e-12), (count, p, bound)
+
+
+def test_duplicate_count_test_holds_its_level_on_poisson_counts() -> None:
+    """Equal rates: the exact test rejects at most at its level (it is conservative)."""
+    rng = np.random.default_rng(0)
+    rows, support_size, level = 128, 300, 0.05
+    a, b = math.comb(rows, 2), math.comb(support_size, 2)
+    for rate in (1e-5, 1e-4, 5e-4):
+        batch = rng.poisson(rate * a, 4000)
+        support = rng.poisson(rate * b, 4000)
+        rejected = np.mean(
+            [duplicate_count_p(int(x), rows, int(y), support_size)[0] <= level
+             for x, y in zip(batch, support, strict=True)]
+        )  # fmt: skip
+        assert rejected <= level + 3 * math.sqrt(level * (1 - level) / 4000), (rate, rejected)
 
 
 def test_flag_rate_test_is_the_beta_binomial_tail() -> None:

@@ -178,8 +178,8 @@ def test_the_holm_family_counts_concept_groups(setup: Any, digits_encoder: Any) 
     guard, _ = setup
     two_groups = {"digit": DIGIT_NAMES, "parity": ("even number", "odd number")}
     bank = sg.ConceptBank(two_groups, digits_encoder, templates=TEMPLATE)
-    with pytest.raises(sg.InvalidInputError, match="n_resamples must be >= 899"):
-        sg.Guard(guard.reference, sg.GuardConfig(n_resamples=699), concept_banks=[bank])
+    with pytest.raises(sg.InvalidInputError, match="n_resamples must be >= 999"):
+        sg.Guard(guard.reference, sg.GuardConfig(n_resamples=799), concept_banks=[bank])
 
 
 def test_banks_are_saved_with_the_reference(

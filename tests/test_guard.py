@@ -68,14 +68,16 @@ def test_swapped_captions_are_rejected_as_low_alignment(guard: sg.Guard, digits:
     report = guard.check(_batch(digits, 300, 400, captions=wrong))
     low = [s for s in report.samples if sg.ReasonCode.LOW_ALIGNMENT in s.reasons]
     assert len(low) >= 90
-    # The per-sample gate removed them; the reject rate is reported with its exact p-value
-    # (informational by default) and fails the batch when flag_rate joins batch_tests.
+    # The per-sample gate removed them, and a batch this broken is not "accepted": the flag
+    # rate is in the default family (issue 14); taken out of it, it is informational.
     flag = report.metrics["flag_rate"]
-    assert flag.passed is None and flag.p_value is not None and flag.p_value < 1e-6
-    strict = sg.Guard(guard.reference, sg.GuardConfig(batch_tests=("flag_rate", "duplicate_rate")))
-    strict_report = strict.check(_batch(digits, 300, 400, captions=wrong))
-    assert not strict_report.accepted
-    assert "flag_rate" in {m.name for m in strict_report.failed_tests}
+    assert flag.passed is False and flag.p_value is not None and flag.p_value < 1e-6
+    assert not report.accepted
+    assert "flag_rate" in {m.name for m in report.failed_tests}
+    tests = tuple(t for t in sg.GuardConfig().batch_tests if t != "flag_rate")
+    lenient = sg.Guard(guard.reference, sg.GuardConfig(batch_tests=tests))
+    lenient_report = lenient.check(_batch(digits, 300, 400, captions=wrong))
+    assert lenient_report.metrics["flag_rate"].passed is None
     detail = next(d for d in low[0].details if d.startswith("low_alignment"))
     assert "<" in detail  # score and threshold are spelled out
 
@@ -218,7 +220,7 @@ def test_bad_arguments_raise_clear_errors(guard: sg.Guard, digits: Any) -> None:
         guard.check(digits.images[:3])  # type: ignore[arg-type]
     with pytest.raises(sg.InvalidInputError, match=r"shape \[n, 64\]"):
         guard.check_embeddings(torch.zeros(3, 5), torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="n_resamples must be >= 699"):
+    with pytest.raises(ValueError, match="n_resamples must be >= 799"):
         sg.GuardConfig(n_resamples=200)
     with pytest.raises(ValueError, match="Extra inputs"):
         sg.GuardConfig(alpah=0.1)  # type: ignore[call-arg]

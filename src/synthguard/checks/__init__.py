@@ -15,6 +15,7 @@ Example:
 
 from synthguard.checks._batch import (
     BATCH_TESTS,
+    NULL_DESIGN,
     RESAMPLED_TESTS,
     BatchTest,
     BatchTestName,
@@ -26,13 +27,21 @@ from synthguard.checks._geometry import kth_distance, max_cosine
 from synthguard.checks._inference import (
     Direction,
     bound_at,
+    duplicate_count_bound,
+    duplicate_count_p,
     empirical_p,
     flag_rate_bound,
     flag_rate_p,
     flag_rate_test,
     holm,
 )
-from synthguard.checks._null import BatchContext, batch_null, batch_values, comparison
+from synthguard.checks._null import (
+    BatchContext,
+    batch_null,
+    batch_values,
+    comparison,
+    held_out,
+)
 from synthguard.checks._sample import (
     SAMPLE_CHECKS,
     RowsToScore,
@@ -44,6 +53,7 @@ from synthguard.checks._sample import (
 
 __all__ = [
     "BATCH_TESTS",
+    "NULL_DESIGN",
     "RESAMPLED_TESTS",
     "SAMPLE_CHECKS",
     "BatchContext",
@@ -61,11 +71,14 @@ __all__ = [
     "batch_values",
     "bound_at",
     "comparison",
+    "duplicate_count_bound",
+    "duplicate_count_p",
     "duplicate_rate",
     "empirical_p",
     "flag_rate_bound",
     "flag_rate_p",
     "flag_rate_test",
+    "held_out",
     "holm",
     "kth_distance",
     "max_cosine",

@@ -2,8 +2,9 @@
 
 A batch test turns a batch (its accepted pairs, its embeddable images, its counts) into one
 number with a collapse direction. Resampled tests get their null from real-vs-real resamples
-of the reference support at the batch's size (:mod:`synthguard.checks._null`); the exact test
-(the flag rate) has a closed-form null. The family of tests enabled by
+of the reference support at the batch's size (:mod:`synthguard.checks._null`); exact tests
+(the duplicate rate and the flag rate) have a closed-form null that accounts for the
+reference's own sampling error. The family of tests enabled by
 ``GuardConfig.batch_tests`` is combined with Holm's correction; the others are reported as
 informational, with their p-values.
 
@@ -20,10 +21,17 @@ from typing import Literal
 import torch
 
 from synthguard.checks._geometry import max_cosine
-from synthguard.checks._inference import Direction
+from synthguard.checks._inference import (
+    Direction,
+    duplicate_count_bound,
+    duplicate_count_p,
+    flag_rate_bound,
+    flag_rate_p,
+)
 
 __all__ = [
     "BATCH_TESTS",
+    "NULL_DESIGN",
     "RESAMPLED_TESTS",
     "BatchTest",
     "BatchTestName",
@@ -53,14 +61,20 @@ class TestInputs:
             the accepted reference pairs (empty when there were too few accepted pairs).
         duplicate_image: ``[r, d]`` embeddable image rows (``None``: too few).
         duplicate_cosine: the calibrated near-duplicate cosine.
+        support_duplicates, support_size: support rows with an earlier near-duplicate in the
+            support, and the support's size (the duplicate rate's exact null).
         n, n_flagged: samples, and samples rejected per sample or unembeddable.
+        support_flagged: support pairs the rejecting checks flag (leave-one-out).
     """
 
     metrics: Mapping[str, float]
     duplicate_image: torch.Tensor | None = None
     duplicate_cosine: float = float("inf")
+    support_duplicates: int = 0
+    support_size: int = 0
     n: int = 0
     n_flagged: int = 0
+    support_flagged: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,12 +85,14 @@ class BatchTest:
         name: the test's name in ``GuardConfig.batch_tests`` and in ``GuardReport.metrics``.
         direction: ``"low"``: small values signal collapse risk; ``"high"``: large ones.
         null: ``"resampled"`` (real-vs-real resamples at the batch's size) or ``"exact"``
-            (the beta-binomial null of :func:`~synthguard.checks.flag_rate_test`).
+            (a closed form: ``exact_p`` and ``exact_bound``).
         rows: what the test reads: the accepted pairs (skipped below ``min_batch_size``),
             the embeddable images, or the sample counts.
         value: the test's value from its inputs (NaN when undefined).
         summary: one line for the docs.
         default: in the Holm family of a default :class:`~synthguard.GuardConfig`.
+        exact_p: exact tests: ``(p-value, null median of the value)`` from the inputs.
+        exact_bound: exact tests: the value strictly beyond which the test fails at a level.
     """
 
     name: BatchTestName
@@ -86,6 +102,8 @@ class BatchTest:
     value: Callable[[TestInputs], float]
     summary: str
     default: bool = True
+    exact_p: Callable[[TestInputs], tuple[float, float]] | None = None
+    exact_bound: Callable[[TestInputs, float], float] | None = None
 
 
 def duplicate_rate(image: torch.Tensor, cosine: float) -> float:
@@ -101,6 +119,29 @@ def _duplicates(inputs: TestInputs) -> float:
     if inputs.duplicate_image is None:
         return float("nan")
     return duplicate_rate(inputs.duplicate_image, inputs.duplicate_cosine)
+
+
+def _duplicate_counts(inputs: TestInputs) -> tuple[int, int, int, int]:
+    rows = 0 if inputs.duplicate_image is None else int(inputs.duplicate_image.shape[0])
+    count = round(_duplicates(inputs) * rows) if rows else 0
+    return count, rows, inputs.support_duplicates, inputs.support_size
+
+
+def _duplicate_p(inputs: TestInputs) -> tuple[float, float]:
+    return duplicate_count_p(*_duplicate_counts(inputs))
+
+
+def _duplicate_bound(inputs: TestInputs, level: float) -> float:
+    _, rows, support_count, support_size = _duplicate_counts(inputs)
+    return duplicate_count_bound(rows, support_count, support_size, level)
+
+
+def _flag_p(inputs: TestInputs) -> tuple[float, float]:
+    return flag_rate_p(inputs.n_flagged, inputs.n, inputs.support_flagged, inputs.support_size)
+
+
+def _flag_bound(inputs: TestInputs, level: float) -> float:
+    return flag_rate_bound(inputs.n, inputs.support_flagged, inputs.support_size, level)
 
 
 _TESTS = (
@@ -137,16 +178,21 @@ _TESTS = (
         value=_metric("alignment_variance"),
         summary="variance of the image–caption cosine over the reference's", default=False,
     ),
+    # Exact: near-duplicates of real data are rare events (a few pairs in a support), so a
+    # resampled null from the support alone understates how many a fresh real batch can hold.
+    # The counts are compared as two Poisson rates over pairs (conditional binomial test).
     BatchTest(
-        name="duplicate_rate", direction="high", null="resampled", rows="embeddable",
+        name="duplicate_rate", direction="high", null="exact", rows="embeddable",
         value=_duplicates, summary="share of images closer to an earlier one than real data",
+        exact_p=_duplicate_p, exact_bound=_duplicate_bound,
     ),
-    # Off by default: the per-sample gate already removes the rejected samples, so a batch is
-    # not thrown away for them unless asked.
+    # In the family by default: the per-sample gate keeps a batch's good samples, but a batch
+    # with far more rejects than real data gives says its generator is broken (issue 14).
     BatchTest(
         name="flag_rate", direction="high", null="exact", rows="counts",
         value=lambda inputs: inputs.n_flagged / inputs.n if inputs.n else float("nan"),
-        summary="share of samples rejected per sample or unembeddable", default=False,
+        summary="share of samples rejected per sample or unembeddable",
+        exact_p=_flag_p, exact_bound=_flag_bound,
     ),
 )  # fmt: skip
 
@@ -154,3 +200,5 @@ _TESTS = (
 BATCH_TESTS: dict[str, BatchTest] = {test.name: test for test in _TESTS}
 #: The tests whose null is resampled, in the column order of a resampled null.
 RESAMPLED_TESTS: tuple[str, ...] = tuple(t.name for t in _TESTS if t.null == "resampled")
+#: The resampled null's design; a saved null of another design is recomputed on load.
+NULL_DESIGN = "split-v1"

@@ -1,4 +1,4 @@
-"""p-values, rejection bounds, Holm's step-down procedure and the exact flag-rate test.
+"""p-values, rejection bounds, Holm's step-down procedure and the exact tests.
 
 Resampling p-values are ``(1 + #{null at least as extreme}) / (R + 1)``; every bound is the
 value strictly beyond which that p-value is at most the test's level, so a report's
@@ -17,6 +17,8 @@ from scipy import stats as scipy_stats
 __all__ = [
     "Direction",
     "bound_at",
+    "duplicate_count_bound",
+    "duplicate_count_p",
     "empirical_p",
     "flag_rate_bound",
     "flag_rate_p",
@@ -106,3 +108,40 @@ def flag_rate_bound(total: int, support_flagged: int, support_size: int, level: 
         else:
             first = mid + 1
     return (first - 1) / total
+
+
+def duplicate_count_p(
+    count: int, rows: int, support_count: int, support_size: int
+) -> tuple[float, float]:
+    """``(p, null median rate)`` of ``count`` of ``rows`` batch rows having an earlier
+    near-duplicate, against ``support_count`` of the ``support_size`` support rows.
+
+    Near-duplicate pairs of real data are rare and each pair of rows is one chance, so the
+    counts are Poisson with exposures ``C(rows, 2)`` and ``C(support_size, 2)``; given their
+    total, the batch's count is ``Binomial(count + support_count, π)`` with
+    ``π = C(rows, 2) / (C(rows, 2) + C(support_size, 2))`` under equal rates (the conditional
+    test of two Poisson rates, which accounts for the support's own count being a sample).
+    The median is that of ``Poisson(support_count · C(rows, 2) / C(support_size, 2))`` over
+    ``rows``.
+    """
+    batch_pairs, support_pairs = math.comb(rows, 2), math.comb(support_size, 2)
+    if rows == 0 or batch_pairs == 0:
+        return 1.0, math.nan
+    share = batch_pairs / (batch_pairs + support_pairs)
+    p = 1.0 if count <= 0 else float(scipy_stats.binom.sf(count - 1, count + support_count, share))
+    mean = support_count * batch_pairs / max(support_pairs, 1)
+    return p, float(scipy_stats.poisson.median(mean)) / rows if mean else 0.0
+
+
+def duplicate_count_bound(rows: int, support_count: int, support_size: int, level: float) -> float:
+    """The rate strictly above which :func:`duplicate_count_p` is ``<= level`` (``1.0``:
+    unreachable). The p-value falls as the count grows, so the first failing count is found
+    by bisection."""
+    first, last = 0, rows + 1
+    while first < last:
+        mid = (first + last) // 2
+        if duplicate_count_p(mid, rows, support_count, support_size)[0] <= level:
+            last = mid
+        else:
+            first = mid + 1
+    return (first - 1) / rows if rows else 1.0

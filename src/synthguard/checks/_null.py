@@ -1,16 +1,21 @@
-"""The batch tests' values and their resampled null distributions.
+"""The batch tests' values and their resampled null distributions: a split design.
 
 Distribution tests compare the batch's accepted pairs with the reference pairs that pass the
 same per-sample checks (so both sides are truncated alike). Their null comes from
-real-vs-real resamples of those accepted support pairs at the batch's size; a resample is
-compared with them *without* its own rows (sums subtracted exactly; k-NN balls and the CMMD
-rows exclude them), so the null has the spread of a two-sample comparison of sizes ``m`` and
-``n − m``. The duplicate rate's null resamples the whole support. Columns follow
-:data:`~synthguard.checks.RESAMPLED_TESTS` (docs/design.md, "Decision rules").
+real-vs-real resamples of those accepted support pairs at the batch's size ``m``: a resample
+is compared with the accepted support *without* its own rows (sums subtracted exactly; the
+k-NN radii of the coverage balls recomputed among the kept rows; CMMD rows excluded), a
+comparison of ``m`` rows with ``n − m``. So that a fresh batch meets exactly that comparison,
+the batch is compared with the accepted support without ``m`` seeded held-out rows
+(:func:`held_out`), not with all of it: every statistic whose centre depends on the
+reference's size (coverage, whose k-NN balls shrink as the reference grows, or a Vendi score)
+is then exchangeable with its null at every batch/reference ratio (docs/design.md, "Decision
+rules"). Columns follow :data:`~synthguard.checks.RESAMPLED_TESTS`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,10 +23,19 @@ from functools import cached_property
 import torch
 
 from synthguard.checks._batch import BATCH_TESTS, RESAMPLED_TESTS, TestInputs
+from synthguard.checks._geometry import max_cosine
 from synthguard.functional import CollapseReference, collapse_metrics
+from synthguard.functional._common import DEFAULT_BLOCK_SIZE, sq_dists
 from synthguard.stats import Moments
 
-__all__ = ["BatchContext", "batch_null", "batch_values", "comparison"]
+__all__ = ["BatchContext", "batch_null", "batch_values", "comparison", "held_out"]
+
+#: Neighbours kept per coverage row beyond ``k``: a kept row's k-th kept neighbour is found in
+#: its list unless more than ``_SPARE`` of its nearest rows are held out (then it is recomputed
+#: from the whole row), so the radii are exact either way.
+_SPARE = 48
+#: Offset of the held-out rows' seed from the resamples' seed (independent draws).
+_HELD_OUT_SEED = 0x5EED
 
 
 @dataclass(frozen=True)
@@ -32,7 +46,9 @@ class BatchContext:
         moments: image moments of the accepted support rows.
         alignment: ``(pairs, Σ cos, Σ cos²)`` of the accepted support pairs.
         accepted: ``[s]`` bool, support rows the per-sample checks pass (leave-one-out).
-        support: ``[s, d]`` image rows; the coverage and CMMD sets are prefixes of it.
+        support, support_text: ``[s, d]`` image and caption rows; the coverage and CMMD sets
+            are prefixes of ``support``.
+        k: neighbourhood size of the coverage balls.
         coverage_rows, coverage_radii_sq: the coverage set's size and k-NN radii² within it.
         cmmd_rows, cmmd_sigma, cmmd_kernel: the CMMD set's size, bandwidth and kernel matrix.
         duplicate_cosine: the calibrated near-duplicate cosine (``inf``: check off).
@@ -42,12 +58,19 @@ class BatchContext:
     alignment: tuple[int, float, float]
     accepted: torch.Tensor
     support: torch.Tensor
+    support_text: torch.Tensor
+    k: int
     coverage_rows: int
     coverage_radii_sq: torch.Tensor
     cmmd_rows: int
     cmmd_sigma: float
     cmmd_kernel: torch.Tensor
     duplicate_cosine: float
+
+    @cached_property
+    def pool(self) -> torch.Tensor:
+        """Indices of the accepted support rows (what resamples and held-out rows come from)."""
+        return torch.nonzero(self.accepted).flatten()
 
     @cached_property
     def cmmd_row_sums(self) -> torch.Tensor:
@@ -59,15 +82,83 @@ class BatchContext:
         """The sum of the whole kernel matrix."""
         return self.cmmd_row_sums.sum()
 
+    @cached_property
+    def coverage_neighbours(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([c, L] indices, [c, L] squared distances)`` of each coverage row's nearest other
+        coverage rows, nearest first (``L = min(c − 1, k + 48)``)."""
+        rows = self.support[: self.coverage_rows]
+        c = rows.shape[0]
+        width = min(c - 1, self.k + _SPARE)
+        sq = (rows * rows).sum(dim=1)
+        index = torch.empty(c, width, dtype=torch.int64)
+        dist = torch.empty(c, width, dtype=torch.float64)
+        for start in range(0, c, DEFAULT_BLOCK_SIZE):
+            stop = min(start + DEFAULT_BLOCK_SIZE, c)
+            d2 = sq_dists(rows[start:stop], rows, sq[start:stop], sq)
+            d2[torch.arange(stop - start), torch.arange(start, stop)] = math.inf  # not itself
+            near = torch.topk(d2, width, dim=1, largest=False, sorted=True)
+            index[start:stop], dist[start:stop] = near.indices, near.values
+        return index, dist
 
-def comparison(
-    ctx: BatchContext, exclude: torch.Tensor | None = None, cosines: torch.Tensor | None = None
-) -> CollapseReference:
+    @cached_property
+    def support_duplicates(self) -> int:
+        """Support rows whose cosine to an earlier support row is above ``duplicate_cosine``."""
+        if math.isinf(self.duplicate_cosine):
+            return 0
+        return int((max_cosine(self.support, exclude="later") > self.duplicate_cosine).sum())
+
+
+def held_out(
+    ctx: BatchContext, size: int, seed: int, batch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The ``size`` accepted support rows a checked batch's comparison leaves out.
+
+    A resample of the null is compared with the accepted support without its own ``size``
+    rows; the batch is compared with it without these, so both comparisons are of ``size``
+    rows with ``n − size`` (module docstring). The draw is seeded by ``seed`` and the batch's
+    own rows, so a batch always meets the same rows (equal seeds give equal reports) while
+    successive batches meet different ones: no single draw decides every batch's verdict.
+    """
+    digest = 0
+    if batch is not None:
+        blob = batch.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
+        digest = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
+    generator = torch.Generator().manual_seed((seed + _HELD_OUT_SEED + digest) % 2**63)
+    return ctx.pool[torch.randperm(ctx.pool.numel(), generator=generator)[:size]]
+
+
+def kept_radii_sq(ctx: BatchContext, keep: torch.Tensor) -> torch.Tensor:
+    """Squared k-NN radii of the kept coverage rows *among the kept rows* (``keep``: ``[c]``).
+
+    A row with fewer than ``k`` kept others gets ``inf`` (its ball holds everything).
+    """
+    index, dist = ctx.coverage_neighbours
+    rows = torch.nonzero(keep).flatten()
+    kept_near = keep[index[rows]]
+    rank = kept_near.cumsum(dim=1)
+    kth = kept_near & (rank == ctx.k)
+    found = kth.any(dim=1)
+    out = torch.full((rows.numel(),), math.inf, dtype=torch.float64)
+    out[found] = dist[rows[found]].gather(1, kth[found].int().argmax(dim=1, keepdim=True))[:, 0]
+    # Rows whose list ran out of kept neighbours: from the whole row (rare; exact).
+    cover = ctx.support[: ctx.coverage_rows]
+    others = cover[keep]
+    for j in torch.nonzero(~found).flatten().tolist():
+        i = int(rows[j])
+        d2 = ((others - cover[i]) ** 2).sum(dim=1)
+        d2 = d2[torch.nonzero(keep).flatten() != i]
+        if d2.numel() >= ctx.k:
+            out[j] = torch.kthvalue(d2, ctx.k).values
+    return out
+
+
+def comparison(ctx: BatchContext, exclude: torch.Tensor | None = None) -> CollapseReference:
     """The accepted reference pairs as a :class:`CollapseReference`, without the support rows
-    ``exclude`` (a resample's own rows, whose image–caption cosines are ``cosines``)."""
+    ``exclude`` (their coverage balls' radii recomputed among the rows kept)."""
     moments, (count, total, total_sq) = ctx.moments, ctx.alignment
-    if exclude is not None and cosines is not None:
+    if exclude is not None:
         rows = ctx.support[exclude]
+        cosines = (rows * ctx.support_text[exclude]).sum(dim=1)
         moments = Moments(
             moments.count - rows.shape[0],
             moments.sum - rows.sum(0),
@@ -78,6 +169,7 @@ def comparison(
         total_sq -= float((cosines * cosines).sum())
     cover = _kept(ctx, ctx.coverage_rows, exclude)
     cmmd = _kept(ctx, ctx.cmmd_rows, exclude)
+    radii_sq = ctx.coverage_radii_sq[cover] if exclude is None else kept_radii_sq(ctx, cover)
     # Σ kernel over kept pairs = Σ all − 2 Σ rows of dropped + Σ dropped×dropped: the
     # reference's self-term costs O(dropped²) per resample instead of O(c²).
     dropped = torch.nonzero(~cmmd).flatten()
@@ -88,7 +180,7 @@ def comparison(
         moments=moments,
         alignment=(count, total, total_sq),
         coverage_rows=ctx.support[: ctx.coverage_rows][cover],
-        coverage_radii_sq=ctx.coverage_radii_sq[cover],
+        coverage_radii_sq=radii_sq,
         cmmd_rows=ctx.support[: ctx.cmmd_rows][cmmd],
         cmmd_self=float(kept_sum) / (n_kept**2) if n_kept else math.nan,
         cmmd_sigma=ctx.cmmd_sigma,
@@ -102,9 +194,9 @@ def batch_values(
     exclude: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """:func:`~synthguard.functional.collapse_metrics` of unit pairs against the accepted
-    reference pairs; ``exclude`` (support indices of the rows, in resamples) removes them."""
-    cosines = (image * text).sum(dim=1) if exclude is not None else None
-    return collapse_metrics(image, text, comparison(ctx, exclude, cosines))
+    reference pairs without the support rows ``exclude`` (a checked batch: :func:`held_out`;
+    a resample: its own rows; ``None``: all of them)."""
+    return collapse_metrics(image, text, comparison(ctx, exclude))
 
 
 def _kept(ctx: BatchContext, rows: int, exclude: torch.Tensor | None) -> torch.Tensor:
@@ -114,40 +206,18 @@ def _kept(ctx: BatchContext, rows: int, exclude: torch.Tensor | None) -> torch.T
     return keep
 
 
-def batch_null(
-    ctx: BatchContext,
-    support_text: torch.Tensor,
-    accepted: torch.Tensor,
-    size: int,
-    duplicate_size: int,
-    resamples: int,
-    seed: int,
-) -> torch.Tensor:
-    """``[R, K]`` resampled null of every resampled test (columns: RESAMPLED_TESTS).
-
-    Distribution tests: ``size`` rows drawn from the ``accepted`` support indices; ``size=0``
-    skips them (NaN columns). Duplicate rate: ``duplicate_size`` rows of the whole support.
+def batch_null(ctx: BatchContext, size: int, resamples: int, seed: int) -> torch.Tensor:
+    """``[R, K]`` resampled null of the distribution tests (columns: RESAMPLED_TESTS):
+    ``size`` rows drawn from the accepted support, against the accepted support without them.
     """
     generator = torch.Generator().manual_seed(seed)
-    s = ctx.support.shape[0]
+    pool = ctx.pool
     out = torch.empty(resamples, len(RESAMPLED_TESTS), dtype=torch.float64)
     for i in range(resamples):
-        metrics: dict[str, float] = {}
-        if size:
-            idx = accepted[torch.randperm(accepted.numel(), generator=generator)[:size]]
-            metrics = batch_values(ctx, ctx.support[idx], support_text[idx], exclude=idx)
-        dup_idx = torch.randperm(s, generator=generator)[:duplicate_size]
-        inputs = TestInputs(
-            metrics=metrics,
-            duplicate_image=ctx.support[dup_idx],
-            duplicate_cosine=ctx.duplicate_cosine,
-        )
+        idx = pool[torch.randperm(pool.numel(), generator=generator)[:size]]
+        metrics = batch_values(ctx, ctx.support[idx], ctx.support_text[idx], exclude=idx)
+        inputs = TestInputs(metrics=metrics)
         out[i] = torch.tensor(
-            [
-                BATCH_TESTS[name].value(inputs) if metrics or BATCH_TESTS[name].rows != "accepted"
-                else math.nan
-                for name in RESAMPLED_TESTS
-            ],
-            dtype=torch.float64,
-        )  # fmt: skip
+            [BATCH_TESTS[name].value(inputs) for name in RESAMPLED_TESTS], dtype=torch.float64
+        )
     return out

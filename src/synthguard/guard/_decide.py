@@ -36,8 +36,14 @@ def decide(plan: GuardPlan, rows: EmbeddedRows, shard: LocalShard | None = None)
         n_truncated=sum(d.truncated for d in decisions),
     )  # fmt: skip
     # Every rank computed the verdict from the same rows; a last collective makes sure
-    # numerics (another BLAS, another GPU) did not split it: any reject rejects for all.
-    if summary.world_size > 1 and not shard.all_true(report.accepted):
-        reason = "another rank's verdict on the same rows was reject (numerical disagreement)"
-        report = report.model_copy(update={"accepted": False, "reasons": (*report.reasons, reason)})
+    # numerics (another BLAS, another GPU) did not split it: the worst verdict holds for all
+    # (both collectives run on every rank, in this order).
+    if summary.world_size > 1:
+        all_accepted = shard.all_true(report.accepted)
+        all_kept = shard.all_true(report.verdict != "rejected")
+        worst = "accepted" if all_accepted else "excess_rejects" if all_kept else "rejected"
+        if worst != report.verdict:
+            reason = f"a rank's verdict on the same rows was {worst} (numerical disagreement)"
+            update = {"verdict": worst, "accepted": False}
+            report = report.model_copy(update={**update, "reasons": (*report.reasons, reason)})
     return report

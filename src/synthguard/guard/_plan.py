@@ -25,8 +25,6 @@ from synthguard.checks import (
     BatchTest,
     SampleCalibration,
     SampleCheck,
-    flag_rate_bound,
-    flag_rate_p,
 )
 from synthguard.concepts import ConceptBank
 from synthguard.config import GuardConfig
@@ -177,23 +175,18 @@ class GuardPlan:
         """What the batch tests compare with (cached on the reference)."""
         return self.reference.batch_context(self.config.alpha, self.check_names, self.rejecting)
 
-    def null(self, rows: int, duplicate_rows: int) -> torch.Tensor:
-        """The resampled null at these sizes (cached on the reference and saved with it)."""
+    def null(self, rows: int) -> torch.Tensor:
+        """The resampled null at ``rows`` (cached on the reference and saved with it)."""
         cfg = self.config
         return self.reference.batch_null(
-            rows, duplicate_size=duplicate_rows, alpha=cfg.alpha, resamples=cfg.n_resamples,
-            seed=cfg.seed, checks=self.check_names, rejecting=self.rejecting,
+            rows, alpha=cfg.alpha, resamples=cfg.n_resamples, seed=cfg.seed,
+            checks=self.check_names, rejecting=self.rejecting,
         )  # fmt: skip
 
-    def flag_rate(self, flagged: int, total: int) -> tuple[float, float]:
-        """``(p, null median rate)`` of the exact flag-rate test."""
-        n = self.reference.n_support
-        return flag_rate_p(flagged, total, n - self.accepted_support.numel(), n)
-
-    def flag_rate_bound(self, total: int, level: float) -> float:
-        """The flag rate strictly above which the exact test fails at ``level``."""
-        n = self.reference.n_support
-        return flag_rate_bound(total, n - self.accepted_support.numel(), n, level)
+    @property
+    def support_flagged(self) -> int:
+        """Support pairs a rejecting check flags (leave-one-out): the flag rate's null."""
+        return self.reference.n_support - self.accepted_support.numel()
 
     def count_concepts(
         self, image: torch.Tensor, labels: torch.Tensor | None

@@ -18,13 +18,14 @@ from synthguard.checks import (
     batch_values,
     bound_at,
     empirical_p,
+    held_out,
     holm,
 )
 from synthguard.concepts import ConceptDrift, concept_drift
 from synthguard.functional import label_drift
 from synthguard.guard._plan import GuardPlan
 from synthguard.guard._summary import BatchSummary
-from synthguard.report import GuardReport, MetricResult, SampleDecision
+from synthguard.report import GuardReport, MetricResult, SampleDecision, Verdict
 
 __all__ = ["make_report"]
 
@@ -66,11 +67,21 @@ def make_report(
         reasons.extend(f"failed {m.describe()}" for m in metrics.values() if m.passed is False)
     if summary.n_valid:
         metrics.update(_informational(plan, summary))
-    tests_failed = any(m.passed is False for m in metrics.values())
+    failed = {name for name, m in metrics.items() if m.passed is False}
     if summary.n_accepted == 0 and summary.n_valid:
         reasons.append(f"no sample passed the per-sample checks ({summary.n} rejected)")
+    verdict: Verdict = "accepted"
+    if summary.n_accepted == 0 or failed - {"flag_rate"}:
+        verdict = "rejected"
+    elif failed:
+        verdict = "excess_rejects"
+        reasons.append(
+            f"the {summary.n_accepted} accepted samples passed every other test and are kept; "
+            "the generator makes far more per-sample rejects than real data"
+        )
     return GuardReport(
-        accepted=summary.n_accepted > 0 and not tests_failed,
+        verdict=verdict,
+        accepted=verdict == "accepted",
         reasons=tuple(reasons),
         risk_score=risk,
         samples=samples,
@@ -114,6 +125,7 @@ class _Value:
     test: BatchTest
     value: float
     p: float
+    median: float  # the null's median value
     null: torch.Tensor | None  # resampled null (None: exact)
 
 
@@ -129,30 +141,46 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
             f"distribution tests skipped: {plan.rows_for(summary.n_accepted)} accepted rows < "
             f"min_batch_size {cfg.min_batch_size} (or half the reference support)"
         )
+    context = plan.context()
+    # The batch meets the accepted support without `rows` held-out rows: the comparison each
+    # resample of the null makes (the split design of synthguard.checks).
+    metrics: dict[str, float] = {}
+    if distribution:
+        kept_out = held_out(context, rows, cfg.seed, summary.image)
+        metrics = batch_values(context, summary.image, summary.text, kept_out)
+    inputs = TestInputs(
+        metrics=metrics,
+        duplicate_image=summary.duplicate_image if dup_rows else None,
+        duplicate_cosine=context.duplicate_cosine,
+        support_duplicates=context.support_duplicates if dup_rows else 0,
+        support_size=plan.reference.n_support,
+        n=summary.n,
+        n_flagged=summary.n_flagged,
+        support_flagged=plan.support_flagged,
+    )  # fmt: skip
+    null = plan.null(rows) if distribution else None
     values: list[_Value] = []
-    if dup_rows:
-        context = plan.context()
-        inputs = TestInputs(
-            metrics=batch_values(context, summary.image, summary.text) if distribution else {},
-            duplicate_image=summary.duplicate_image,
-            duplicate_cosine=context.duplicate_cosine,
-        )
-        null = plan.null(rows if distribution else 0, dup_rows)
-        for test in plan.tests:
-            if test.null == "resampled" and (distribution or test.rows != "accepted"):
-                column = null[:, RESAMPLED_TESTS.index(test.name)]
-                value = test.value(inputs)
-                values.append(
-                    _Value(test, value, empirical_p(column, value, test.direction), column)
-                )
-    flag_test = next(t for t in plan.tests if t.null == "exact")
-    flag_value = flag_test.value(TestInputs({}, n=summary.n, n_flagged=summary.n_flagged))
-    flag_p, flag_median = plan.flag_rate(summary.n_flagged, summary.n)
-    values.append(_Value(flag_test, flag_value, flag_p, None))
-    # The flag rate joins the family only with enough samples to say anything.
+    for test in plan.tests:
+        if test.rows == "accepted" and null is None:
+            continue
+        if test.rows == "embeddable" and not dup_rows:
+            continue
+        value = test.value(inputs)
+        if test.null == "resampled":
+            assert null is not None
+            column = null[:, RESAMPLED_TESTS.index(test.name)]
+            median = float(column.median())
+            values.append(
+                _Value(test, value, empirical_p(column, value, test.direction), median, column)
+            )
+        else:
+            assert test.exact_p is not None
+            p_value, median = test.exact_p(inputs)
+            values.append(_Value(test, value, p_value, median, None))
+    # A count test joins the family only with enough samples to say anything.
     ran = [
         v for v in values
-        if plan.in_family(v.test) and (v.null is not None or summary.n >= cfg.min_batch_size)
+        if plan.in_family(v.test) and (v.test.rows != "counts" or summary.n >= cfg.min_batch_size)
     ]  # fmt: skip
     out.concepts = _concept_tests(plan, summary) if distribution and dup_rows else []
     p = [v.p for v in ran] + [drift.p_value for drift in out.concepts]
@@ -168,7 +196,7 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
         )  # fmt: skip
     for v in values:
         name, direction = v.test.name, v.test.direction
-        median = flag_median if v.null is None else float(v.null.median())
+        median = v.median
         if v not in ran:
             out.metrics[name] = MetricResult(
                 name=name, value=v.value, direction=direction, null_median=median,
@@ -176,9 +204,10 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
             )  # fmt: skip
             continue
         j = ran.index(v)
-        if v.null is None:
-            bound: float | None = plan.flag_rate_bound(summary.n, levels[j])
+        if v.test.exact_bound is not None:
+            bound: float | None = v.test.exact_bound(inputs, levels[j])
         else:
+            assert v.null is not None
             bound = bound_at(v.null, levels[j], direction)
         out.metrics[name] = MetricResult(
             name=name, value=v.value, direction=direction, bound=bound, null_median=median,

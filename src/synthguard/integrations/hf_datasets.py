@@ -96,7 +96,8 @@ class _Chunks:
         return {
             **rows,
             **columns,
-            "sg_accepted": [a and report.accepted for a in columns["sg_accepted"]],
+            # A rejected chunk keeps nothing; "excess_rejects" keeps its accepted samples.
+            "sg_accepted": [a and report.verdict != "rejected" for a in columns["sg_accepted"]],
             "sg_sample_accepted": columns["sg_accepted"],
             "sg_caption": [
                 s.new_caption if s.new_caption is not None else batch.captions[s.index]

@@ -186,22 +186,23 @@ def audit(
     verdict = block_plan(reference, config, per_sample_only=False)
     report = pool_report(verdict, PoolState.from_bytes(merged))
     final = decided.map_batches(
-        _PoolVerdict, fn_constructor_kwargs={"accepted": report.accepted},
+        _PoolVerdict, fn_constructor_kwargs={"kept": report.verdict != "rejected"},
         batch_format="numpy", batch_size=batch_size,
     )  # fmt: skip
     return PoolAudit(report=report, decisions=final)
 
 
 class _PoolVerdict:
-    """``sg_accepted`` becomes the sample's decision and the pool's verdict together."""
+    """``sg_accepted`` becomes the sample's decision and the pool's verdict together (a
+    rejected pool keeps nothing; ``"excess_rejects"`` keeps its accepted samples)."""
 
-    def __init__(self, accepted: bool) -> None:
-        self.accepted = accepted
+    def __init__(self, kept: bool) -> None:
+        self.kept = kept
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(batch)
         out["sg_sample_accepted"] = np.asarray(batch["sg_accepted"], dtype=bool)
-        out["sg_accepted"] = out["sg_sample_accepted"] & self.accepted
+        out["sg_accepted"] = out["sg_sample_accepted"] & self.kept
         return out
 
 

@@ -184,6 +184,8 @@ class CalibratedSupport:
                     alignment=(rows.shape[0], float(align.sum()), float((align * align).sum())),
                     accepted=accepted,
                     support=self.support_image,
+                    support_text=self.support_text,
+                    k=self.k,
                     coverage_rows=self.coverage_rows,
                     coverage_radii_sq=self.coverage_radii_sq,
                     cmmd_rows=self.cmmd_rows,
@@ -208,47 +210,36 @@ class CalibratedSupport:
         self,
         size: int,
         *,
-        duplicate_size: int | None = None,
         alpha: float,
         resamples: int,
         seed: int,
         checks: Sequence[str] | None = None,
         rejecting: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """``[resamples, K]`` resampled null of the batch tests, computed once and cached.
+        """``[resamples, K]`` resampled null of the distribution tests, computed once and cached.
 
-        ``size`` accepted rows for the distribution tests (0: skip them), ``duplicate_size``
-        (default ``size``) embeddable rows for the duplicate rate; columns follow
-        :data:`synthguard.checks.RESAMPLED_TESTS`. Cached per sizes, resamples, seed,
-        ``alpha``, checks and rejecting checks, and saved with the reference.
+        ``size`` accepted support rows per resample, compared with the accepted support without
+        them (the split design of :mod:`synthguard.checks`); columns follow
+        :data:`synthguard.checks.RESAMPLED_TESTS`. Cached per size, resamples, seed, ``alpha``,
+        checks and rejecting checks, and saved with the reference.
         """
         calibration = self.sample_calibration(checks)
         only = calibration.names if rejecting is None else tuple(rejecting)
         pool = self.accepted_support(alpha, calibration.names, only)
-        size = check_int("size", size, minimum=0)
-        dup_size = (
-            size
-            if duplicate_size is None
-            else check_int("duplicate_size", duplicate_size, minimum=2)
-        )
-        if size == 1:
-            raise InvalidInputError("size must be 0 (no distribution tests) or >= 2; got 1")
-        if size > pool.numel() // 2 or dup_size > self.n_support // 2:
+        size = check_int("size", size, minimum=2)
+        if size > pool.numel() // 2:
             raise InvalidInputError(
-                f"size must be <= {pool.numel() // 2} and duplicate_size <= "
-                f"{self.n_support // 2} (half the support) for real-vs-real resamples; got "
-                f"{size} and {dup_size}"
+                f"size must be <= {pool.numel() // 2} (half the accepted support) for "
+                f"real-vs-real resamples; got {size}"
             )
         key = (
-            f"{size}/{dup_size}/{resamples}/{seed}/{float(alpha)!r}/"
+            f"{size}/{resamples}/{seed}/{float(alpha)!r}/"
             f"{','.join(calibration.names)}/{','.join(only)}"
         )
         context = self.batch_context(alpha, calibration.names, only)
         with self._lock:
             if key not in self._null_cache:
-                self._null_cache[key] = batch_null(
-                    context, self.support_text, pool, size, dup_size, resamples, seed
-                )
+                self._null_cache[key] = batch_null(context, size, resamples, seed)
             return self._null_cache[key]
 
     def _cmmd_kernel(self) -> torch.Tensor:

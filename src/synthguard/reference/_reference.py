@@ -21,9 +21,7 @@ from synthguard._errors import CorruptFileError, IncompatibleStatsError, Invalid
 from synthguard._io import atomic_write_bytes
 from synthguard._validation import check_int, check_label_range, describe
 from synthguard.batch import PairBatch, as_sample_list
-from synthguard.checks import (
-    RESAMPLED_TESTS,
-)
+from synthguard.checks import NULL_DESIGN, RESAMPLED_TESTS
 from synthguard.concepts import ConceptBank
 from synthguard.encoders import Encoder, EncoderFingerprint, load_encoder
 from synthguard.reference._build import (
@@ -327,6 +325,7 @@ class Reference(CalibratedSupport):
             "cmmd_rows": self.cmmd_rows,
             "checks": list(self.calibration.names),
             "null_columns": list(RESAMPLED_TESTS),
+            "null_design": NULL_DESIGN,
             "skipped": self.skipped,
             "concept_banks": banks,
         }
@@ -341,7 +340,10 @@ class Reference(CalibratedSupport):
         """
         meta, tensors = state.meta, state.tensors
         # Nulls of another test set (an older synthguard) are recomputed, not misread.
-        nulls_fit = meta.get("null_columns") == list(RESAMPLED_TESTS)
+        nulls_fit = (
+            meta.get("null_columns") == list(RESAMPLED_TESTS)
+            and meta.get("null_design") == NULL_DESIGN
+        )
         keep = ("support_radii", "coverage_radii_sq", "calibration_badness")
         try:
             stats = EmbeddingStats.from_state_dict(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from synthguard._errors import InvalidInputError
 from synthguard._io import atomic_write_text
@@ -20,7 +20,13 @@ from synthguard.relabel import Relabel
 from synthguard.relabel._common import Score
 from synthguard.report._html import render_report
 
-__all__ = ["GuardReport", "MetricResult", "SampleDecision"]
+__all__ = ["GuardReport", "MetricResult", "SampleDecision", "Verdict"]
+
+#: A batch's verdict. ``"accepted"``: every batch test passed. ``"excess_rejects"``: the
+#: accepted samples passed every other test, but far more samples were rejected per sample
+#: than real data gives (the ``flag_rate`` test failed): the generator is broken, and the gates
+#: still pass on its accepted samples. ``"rejected"``: the batch is not trained on.
+Verdict = Literal["accepted", "excess_rejects", "rejected"]
 
 
 class SampleDecision(BaseModel):
@@ -114,8 +120,11 @@ class GuardReport(BaseModel):
     """Everything :meth:`synthguard.Guard.check` decided about one batch.
 
     Attributes:
-        accepted: the batch verdict: ``False`` when a batch test failed after Holm's
-            correction, or no sample could be accepted.
+        verdict: ``"accepted"``, ``"excess_rejects"`` (only the flag-rate test failed: the
+            accepted samples are kept by :meth:`apply` and the gates, but the generator makes
+            far more rejects than real data) or ``"rejected"`` (another batch test failed
+            after Holm's correction, or no sample could be accepted).
+        accepted: ``verdict == "accepted"``: the batch, and the generator behind it, passed.
         reasons: why the batch was rejected (or why batch tests were skipped), in words.
         risk_score: ``1 − min`` Holm-adjusted p-value over the batch tests, in ``[0, 1]``; the
             batch fails when ``risk_score >= 1 − alpha_batch``. ``None`` when the tests were
@@ -141,6 +150,7 @@ class GuardReport(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    verdict: Verdict
     accepted: bool
     reasons: tuple[str, ...]
     risk_score: Score | None
@@ -163,6 +173,15 @@ class GuardReport(BaseModel):
     n_accepted_all_ranks: int | None = None
     n_repeats: int = 0
 
+    @model_validator(mode="after")
+    def _accepted_is_the_verdict(self) -> GuardReport:
+        if self.accepted != (self.verdict == "accepted"):
+            raise ValueError(
+                f"accepted must be verdict == 'accepted'; got accepted={self.accepted} with "
+                f"verdict {self.verdict!r}"
+            )
+        return self
+
     @property
     def failed_tests(self) -> list[MetricResult]:
         """The batch tests that failed."""
@@ -171,8 +190,9 @@ class GuardReport(BaseModel):
     def apply(self, batch: PairBatch) -> PairBatch | None:
         """The accepted samples of ``batch`` with relabels applied; ``None`` if none survive.
 
-        Returns ``None`` when the batch verdict is reject (a rejected batch is not trained on)
-        or no sample was accepted.
+        Returns ``None`` when the verdict is ``"rejected"`` (a rejected batch is not trained on)
+        or no sample was accepted; with ``"excess_rejects"`` the accepted samples are returned
+        (they passed every per-sample check and distribution test).
 
         Raises:
             InvalidInputError: ``batch`` is not the batch this report is about.
@@ -190,7 +210,7 @@ class GuardReport(BaseModel):
                     f"{report_id(id_)!r}, the report has {sample.id!r}"
                 )
         keep = [s for s in self.samples if s.accepted]
-        if not self.accepted or not keep:
+        if self.verdict == "rejected" or not keep:
             return None
         return PairBatch(
             images=[batch.images[s.index] for s in keep],
@@ -204,7 +224,7 @@ class GuardReport(BaseModel):
 
     def summary(self) -> str:
         """A few lines for logs: verdict, counts, reasons, every tested metric."""
-        verdict = "ACCEPTED" if self.accepted else "REJECTED"
+        verdict = self.verdict.upper().replace("_", " ")
         risk = "n/a" if self.risk_score is None else f"{self.risk_score:.3f}"
         lines = [
             f"batch {verdict}: {self.n_accepted}/{self.n_samples} samples accepted, "
@@ -238,9 +258,9 @@ class GuardReport(BaseModel):
     def to_metrics(self, prefix: str = "synthguard/") -> dict[str, float]:
         """Flat name -> number, for a logger in one line (TensorBoard, W&B, MLflow, Lightning).
 
-        Counts, the verdict (1 accepted, 0 rejected), the risk score, and per batch metric its
-        value, p-value and (tests) its pass flag; per reason code its count. NaN and ``None``
-        are left out (loggers refuse them).
+        Counts, the verdict (``accepted`` and ``excess_rejects``, each 1 or 0), the risk score,
+        and per batch metric its value, p-value and (tests) its pass flag; per reason code its
+        count. NaN and ``None`` are left out (loggers refuse them).
 
         Example:
             ``writer.add_scalars("guard", report.to_metrics())`` or
@@ -248,6 +268,7 @@ class GuardReport(BaseModel):
         """
         out: dict[str, float | None] = {
             "accepted": float(self.accepted),
+            "excess_rejects": float(self.verdict == "excess_rejects"),
             "risk_score": self.risk_score,
             "n_samples": float(self.n_samples),
             "n_accepted": float(self.n_accepted),
