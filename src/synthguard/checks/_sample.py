@@ -122,6 +122,10 @@ class SampleCheck:
         default: enabled by a default :class:`~synthguard.GuardConfig`.
         conformal_p: report a conformal p-value among the support's scores (off where the
             support's leave-one-out score is only the threshold's stand-in).
+        within_batch: the score compares a batch row with the batch's other rows, not with the
+            support, so its flags are not exchangeable with the support's calibration: they
+            reject the sample but are not counted by the ``flag_rate`` test (the
+            ``duplicate_rate`` test judges them).
         label_policy: a flag is a label disagreement the guard's ``label_policy`` resolves
             (relabel, keep or reject) instead of a reject.
     """
@@ -136,6 +140,7 @@ class SampleCheck:
     default: bool = True
     conformal_p: bool = True
     label_policy: bool = False
+    within_batch: bool = False
 
     @property
     def reason(self) -> ReasonCode:
@@ -210,6 +215,7 @@ _CHECKS = (
         score_support=lambda s: Scores(s.nearest_cosine),
         words="cosine to an earlier image of the batch {v:.5f} > {t:.5f}",
         conformal_p=False,
+        within_batch=True,
     ),
     SampleCheck(
         name="label_mismatch",

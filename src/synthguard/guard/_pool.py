@@ -24,6 +24,7 @@ from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._validation import unit_rows_or_nan
 from synthguard.batch import PairBatch
+from synthguard.checks import SAMPLE_CHECKS
 from synthguard.config import GuardConfig
 from synthguard.guard._decide import decide
 from synthguard.guard._plan import GuardPlan
@@ -49,7 +50,9 @@ __all__ = [
 IMAGE_COLUMN, TEXT_COLUMN = "image_embedding", "text_embedding"
 ERROR_COLUMN, TRUNCATED_COLUMN = "embed_error", "embed_truncated"
 _CODES = tuple(ReasonCode)
-_COUNTS = ("samples", "relabeled", "truncated")
+_COUNTS = ("samples", "relabeled", "truncated", "flagged")
+#: Reasons that reject a sample without counting for the flag-rate test (within-batch checks).
+_UNCOUNTED = frozenset(c.name for c in SAMPLE_CHECKS.values() if c.within_batch)
 
 
 def block_plan(
@@ -210,12 +213,15 @@ def block_state(
                 f"concept/{group}/by_class", flat.reshape(spec.num_labels, size)
             )
     reasons = torch.zeros(len(_CODES), dtype=torch.int64)
+    flagged = 0
     for joined in decided["sg_reasons"]:
-        for code in filter(None, str(joined).split(",")):
+        codes = [code for code in str(joined).split(",") if code]
+        for code in codes:
             reasons[_CODES.index(ReasonCode(code))] += 1
+        flagged += any(code not in _UNCOUNTED for code in codes)
     relabeled = int(np.asarray(decided["sg_relabeled"], dtype=bool).sum())
     truncated = int(np.asarray(decided.get(TRUNCATED_COLUMN, [False] * n), dtype=bool).sum())
-    state.embedded.update_counts("pool/counts", torch.tensor([n, relabeled, truncated]))
+    state.embedded.update_counts("pool/counts", torch.tensor([n, relabeled, truncated, flagged]))
     state.embedded.update_counts("pool/reasons", reasons)
     return state
 
@@ -226,7 +232,7 @@ def pool_report(plan: GuardPlan, state: PoolState) -> GuardReport:
     ``samples`` is empty (the decisions are the dataset's columns); counts cover the pool.
     """
     cfg = plan.config
-    n, relabeled, truncated = (int(v) for v in state.embedded.counts("pool/counts"))
+    n, relabeled, truncated, flagged = (int(v) for v in state.embedded.counts("pool/counts"))
     if n == 0:
         raise InvalidInputError("the pool must contain at least one row; got 0")
     n_accepted, n_valid = state.accepted.n_pairs, state.embedded.image.count
@@ -244,7 +250,7 @@ def pool_report(plan: GuardPlan, state: PoolState) -> GuardReport:
         n=n,
         n_valid=n_valid,
         n_accepted=n_accepted,
-        n_flagged=n - n_accepted,
+        n_flagged=flagged,
         image=image,
         text=text,
         duplicate_image=duplicates,

@@ -23,7 +23,9 @@ class SampleOutcome:
     """Per-sample decisions plus what the batch tests need of them."""
 
     decisions: tuple[SampleDecision, ...]
-    flagged: torch.Tensor  # [n] bool: rejected by a check or could not be embedded
+    # [n] bool: rejected by a check calibrated on the support, or could not be embedded (what
+    # the flag-rate test counts; within-batch checks reject but are not counted)
+    flagged: torch.Tensor
     n_relabeled: int
 
 
@@ -88,7 +90,9 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
                 if record.applied:
                     new_label, n_relabeled = int(scored.predicted[i]), n_relabeled + 1
                 continue
-            flagged[i] = True  # a reject (a relabeled or kept label is not one)
+            # A reject (a relabeled or kept label is not one); counted by the flag-rate test
+            # unless the check compares the batch with itself.
+            flagged[i] = flagged[i] or not check.within_batch
             reasons.append(check.reason)
             details.append(f"{check.reason}: {words}")
         new_caption = None
