@@ -82,6 +82,25 @@ def test_check_exits_1_on_a_collapsed_batch(workspace: dict[str, Path], capsys: 
     assert not (root / "none").exists()
 
 
+def test_check_exits_1_on_excess_rejects_and_writes_the_accepted_samples(
+    workspace: dict[str, Path], capsys: Any
+) -> None:
+    """Most captions generic: not "accepted" (exit 1), but the samples that passed are written."""
+    root = workspace["root"]
+    test = load_digits("test")  # the "fresh" folder's pairs
+    captions = ["a picture of a digit"] * 30 + list(test.captions[300:310])
+    folder = _folder(root / "generic", test.images[270:310], captions, test.labels[270:310])
+    code = main([
+        "check", "--reference", str(workspace["reference"]), "--input", str(folder),
+        "--out", str(root / "generic.json"), "--write-accepted", str(root / "generic_kept"),
+    ])  # fmt: skip
+    assert code == 1
+    report = json.loads((root / "generic.json").read_text())
+    assert report["verdict"] == "excess_rejects" and not report["accepted"]
+    assert len(read_pairs(root / "generic_kept")) == report["n_accepted"] > 0
+    assert "batch EXCESS REJECTS" in capsys.readouterr().out
+
+
 def test_usage_and_input_errors_exit_2(workspace: dict[str, Path], capsys: Any) -> None:
     assert main(["check", "--reference", str(workspace["reference"]),
                  "--input", "/nonexistent/pairs"]) == 2  # fmt: skip

@@ -56,9 +56,11 @@ def test_a_real_batch_passes(guard: sg.Guard, digits: Any) -> None:
     # the distribution tests see accepted rows, subsampled to a grid size (within 16 %)
     assert 0.84 * report.n_accepted <= report.rows_tested <= report.n_accepted
     tested = [m for m in report.metrics.values() if m.passed is not None]
-    assert {m.name for m in tested} == set(sg.GuardConfig().batch_tests)
-    for m in tested:
-        assert m.bound is not None and m.p_value is not None and 0 < m.p_value <= 1
+    class_mix = {"label_drift", "concept:predicted_class"}  # GuardConfig.class_mix
+    assert {m.name for m in tested} == set(sg.GuardConfig().batch_tests) | class_mix
+    for m in tested:  # the class-mix tests are permutation tests: p-values, no bounds
+        assert m.name in class_mix or m.bound is not None
+        assert m.p_value is not None and 0 < m.p_value <= 1
     assert report.risk_score is not None and 0.0 <= report.risk_score < 0.99
 
 
@@ -344,3 +346,91 @@ def test_a_report_goes_to_loggers_and_tables() -> None:
     assert table.loc[3, "reasons"] == ",".join(map(str, row.reasons))
     assert table.loc[3, "score/alignment"] == row.scores["alignment"]
     assert table.loc[3, "threshold/alignment"] == row.thresholds["alignment"]
+
+
+# -- the three-valued verdict (issue 14): a batch of garbage is never "accepted" ------------
+
+
+def test_generic_captions_are_not_accepted_and_the_good_samples_are_kept(
+    guard: sg.Guard, digits: Any
+) -> None:
+    """All captions generic: nearly every sample fails low_alignment. Before, the batch was
+    reported accepted ("distribution tests skipped") in 40 % of trials."""
+    for start in range(300, 540, 40):
+        batch = _batch(digits, start, start + 40, captions=["a picture of a digit"] * 40)
+        report = guard.check(batch)
+        assert not report.accepted and report.verdict != "accepted", report.summary()
+        assert report.metrics["flag_rate"].passed is False
+        kept = report.apply(batch)
+        if report.verdict == "excess_rejects":  # the samples that passed are still usable
+            assert kept is not None and len(kept) == report.n_accepted > 0
+            assert any("kept" in r for r in report.reasons)
+        else:
+            assert kept is None
+
+
+def test_inverted_images_are_not_accepted(guard: sg.Guard, digits: Any) -> None:
+    inverted = [Image.fromarray(255 - np.asarray(im)) for im in digits.images[300:332]]
+    report = guard.check(_batch(digits, 300, 332, images=inverted))
+    assert report.n_samples - report.n_accepted >= 25
+    assert not report.accepted and report.verdict in ("excess_rejects", "rejected")
+    assert "flag_rate" in {m.name for m in report.failed_tests}
+
+
+def test_the_verdict_and_accepted_agree(guard: sg.Guard, digits: Any) -> None:
+    report = guard.check(_batch(digits, 300, 400))
+    assert report.verdict == "accepted" and report.accepted
+    with pytest.raises(ValueError, match="accepted must be verdict == 'accepted'"):
+        sg.GuardReport(**{**dict(report), "verdict": "rejected"})
+    metrics = report.to_metrics()
+    assert metrics["synthguard/accepted"] == 1.0 and metrics["synthguard/excess_rejects"] == 0.0
+    assert report.summary().startswith("batch ACCEPTED")
+
+
+def test_excess_rejects_keeps_the_accepted_samples_in_the_gates(
+    guard: sg.Guard, digits: Any
+) -> None:
+    from synthguard.integrations.torch import GuardedCollate
+
+    captions = ["a picture of a digit"] * 30 + digits.captions[330:340]
+    samples = [
+        {"image": im, "caption": c, "label": int(y), "id": i}
+        for im, c, y, i in zip(
+            digits.images[300:340], captions, digits.labels[300:340], digits.ids[300:340],
+            strict=True,
+        )
+    ]  # fmt: skip
+    collate = GuardedCollate(guard, collate_fn=list)
+    out = collate(samples)
+    report = collate.last_report
+    assert report is not None and report.verdict == "excess_rejects", report.summary()
+    assert out is not None and len(out) == report.n_accepted
+    assert {s["id"] for s in out} <= set(digits.ids[330:340])
+
+
+def test_class_proportion_drift_is_rejected_and_names_the_class(
+    guard: sg.Guard, digits: Any
+) -> None:
+    """One class at 40 % (6× the others): invisible before without a concept bank (issue 14);
+    the predicted and the given class mix now test it, in the Holm family. (At 25 % of 96
+    samples both p-values are 0.002, short of the Holm level 0.001: power grows with the batch.)
+    """
+    pool = np.arange(300, 540)
+    labels = digits.labels[pool]
+    threes = pool[labels == 3][:24]
+    others = np.concatenate([pool[labels == c][:4] for c in range(10) if c != 3])
+    rows = np.sort(np.concatenate([threes, others]))
+    batch = sg.PairBatch(
+        [digits.images[i] for i in rows], [digits.captions[i] for i in rows],
+        labels=digits.labels[rows], ids=[digits.ids[i] for i in rows],
+    )  # fmt: skip
+    report = guard.check(batch)
+    assert not report.accepted and report.verdict == "rejected", report.summary()
+    given, predicted = report.metrics["label_drift"], report.metrics["concept:predicted_class"]
+    assert given.passed is False and "largest mover three (+" in (given.note or "")
+    assert predicted.passed is False and "largest mover three (+" in (predicted.note or "")
+    # Off (a class mix chosen on purpose): informational again. (At 40 % the image
+    # distribution tests see the shift too: Vendi, coverage and FD fail this batch as well.)
+    lenient = sg.Guard(guard.reference, sg.GuardConfig(class_mix=False)).check(batch)
+    assert lenient.metrics["label_drift"].passed is None
+    assert "concept:predicted_class" not in lenient.metrics

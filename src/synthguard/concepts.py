@@ -179,7 +179,7 @@ class ConceptBank:
             if UNCERTAIN in concepts:
                 raise InvalidInputError(f"group {name!r}: {UNCERTAIN!r} is reserved")
         self.uncertain_rate = check_float("uncertain_rate", uncertain_rate, low=0.0, high=1.0)
-        self.fingerprint: EncoderFingerprint = encoder.fingerprint
+        self.fingerprint: EncoderFingerprint | None = encoder.fingerprint
         self.templates = templates
         self.embeddings = {
             name: ZeroShotLabeler(
@@ -195,7 +195,7 @@ class ConceptBank:
         groups: Mapping[str, Sequence[str]],
         embeddings: Mapping[str, torch.Tensor],
         *,
-        fingerprint: EncoderFingerprint,
+        fingerprint: EncoderFingerprint | None,
         margins: Mapping[str, float] | None,
         templates: str | Sequence[str],
         uncertain_rate: float,
@@ -277,10 +277,11 @@ class ConceptBank:
 
     def check_encoder(self, fingerprint: EncoderFingerprint | None) -> None:
         """Raise :class:`IncompatibleStatsError` for another encoder's fingerprint."""
-        if fingerprint is not None and fingerprint.digest != self.fingerprint.digest:
+        mine = self.fingerprint
+        if fingerprint is not None and mine is not None and fingerprint.digest != mine.digest:
             raise IncompatibleStatsError(
                 "the concept bank was embedded by a different encoder than the reference's "
-                f"({self.fingerprint.model_id} vs {fingerprint.model_id})"
+                f"({mine.model_id} vs {fingerprint.model_id})"
             )
 
     def _scores(self, image_embeddings: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -35,10 +35,16 @@ class GuardConfig(BaseModel):
             SAMPLE_CHECKS`). ``label_mismatch`` runs only when the reference and the batch have
             labels; the opt-in ``long_caption`` only when the reference was built from captions.
         batch_tests: batch tests in the Holm family (:data:`synthguard.checks.BATCH_TESTS`:
-            collapse risk, drift, duplicates). Every test is reported with its p-value; those
-            not listed are informational. Opt-in: ``flag_rate`` (more per-sample rejects than
-            real data gives: the per-sample gate already removes them, so by default a batch
-            is not thrown away for them) and ``alignment_variance``.
+            collapse risk, drift, duplicates, the reject rate). Every test is reported with its
+            p-value; those not listed are informational. Opt-in: ``alignment_variance``.
+            ``flag_rate`` (far more per-sample rejects than real data gives) makes the verdict
+            ``"excess_rejects"``, which keeps the accepted samples; the others ``"rejected"``.
+        class_mix: when the reference has classes (labels and class embeddings), test the
+            class mix in the Holm family: the frozen model's predicted classes of the accepted
+            samples against the accepted support's (``concept:predicted_class``) and, for
+            batches with labels, the given labels against the support's (``label_drift``);
+            both name the classes that moved. Turn off when a class mix is chosen on purpose
+            (e.g. generating more of the rare classes).
         min_batch_size: fewest embeddable samples for the batch tests; smaller batches get
             per-sample decisions only (the report says so).
         max_batch_rows: most rows the batch metrics use. The tests run at sizes on a
@@ -74,6 +80,7 @@ class GuardConfig(BaseModel):
     )
     min_batch_size: Annotated[int, Field(ge=2)] = 10
     max_batch_rows: Annotated[int, Field(ge=2)] = 1024
+    class_mix: bool = True
 
     @field_validator("sample_checks", mode="before")
     @classmethod

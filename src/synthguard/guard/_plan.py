@@ -30,7 +30,10 @@ from synthguard.concepts import ConceptBank
 from synthguard.config import GuardConfig
 from synthguard.reference import Reference
 
-__all__ = ["GRID", "GuardPlan"]
+__all__ = ["GRID", "PREDICTED_CLASS", "GuardPlan"]
+
+#: The concept group of the frozen model's predicted classes (``GuardConfig.class_mix``).
+PREDICTED_CLASS = "predicted_class"
 
 #: Sizes the batch tests run at: a geometric grid (ratio 2^¼). A batch is subsampled (seeded) to
 #: the largest grid size it reaches, so batches whose accepted counts differ by a few samples
@@ -87,6 +90,9 @@ class GuardPlan:
             bank.check_encoder(reference.fingerprint)
             if bank.margins is None:
                 bank.calibrate(reference.support_image)
+        if config.class_mix and PREDICTED_CLASS not in groups:
+            banks = (*banks, *_class_bank(reference))
+            groups = [g for bank in banks for g in bank.groups]
         family = len(config.batch_tests) + len(groups)
         if family and (config.n_resamples + 1) * config.alpha_batch / family < 1:
             raise InvalidInputError(
@@ -200,6 +206,25 @@ class GuardPlan:
             elif names is not None:
                 out.update(bank.counts(image, labels, len(names)))
         return out
+
+
+def _class_bank(reference: Reference) -> tuple[ConceptBank, ...]:
+    """The reference's classes as a concept group (its stored class embeddings, calibrated on
+    its support), so the predicted class mix is tested like any concept mix; none without
+    classes."""
+    if not reference.has_labels or reference.label_names is None:
+        return ()
+    assert reference.class_embeddings is not None
+    bank = ConceptBank.from_parts(
+        {PREDICTED_CLASS: reference.label_names},
+        {PREDICTED_CLASS: reference.class_embeddings},
+        fingerprint=reference.fingerprint,
+        margins=None,
+        templates=reference.label_templates,
+        uncertain_rate=0.05,
+    )
+    bank.calibrate(reference.support_image)
+    return (bank,)
 
 
 def _cap(n: int, *limits: int) -> int:

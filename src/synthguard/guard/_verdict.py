@@ -23,7 +23,7 @@ from synthguard.checks import (
 )
 from synthguard.concepts import ConceptDrift, concept_drift
 from synthguard.functional import label_drift
-from synthguard.guard._plan import GuardPlan
+from synthguard.guard._plan import PREDICTED_CLASS, GuardPlan
 from synthguard.guard._summary import BatchSummary
 from synthguard.report import GuardReport, MetricResult, SampleDecision, Verdict
 
@@ -31,6 +31,8 @@ __all__ = ["make_report"]
 
 #: Resamples of the informational per-class concept tests (not in the Holm family).
 CONDITIONAL_RESAMPLES = 199
+#: The group name of the given-label mix test (reported as ``label_drift``).
+_GIVEN_LABELS = "label"
 
 
 def make_report(
@@ -183,15 +185,18 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
         if plan.in_family(v.test) and (v.test.rows != "counts" or summary.n >= cfg.min_batch_size)
     ]  # fmt: skip
     out.concepts = _concept_tests(plan, summary) if distribution and dup_rows else []
-    p = [v.p for v in ran] + [drift.p_value for drift in out.concepts]
+    mixes = [*out.concepts, *_label_mix(plan, summary)]
+    p = [v.p for v in ran] + [drift.p_value for drift in mixes]
     levels, adjusted, rejected = holm(p, cfg.alpha_batch) if p else ([], [], [])
-    for j, drift in enumerate(out.concepts, start=len(ran)):
+    for j, drift in enumerate(mixes, start=len(ran)):
         tails = f"; tail loss: {', '.join(drift.tail_loss)}" if drift.tail_loss else ""
-        out.metrics[f"concept:{drift.group}"] = MetricResult(
-            name=f"concept:{drift.group}", value=drift.js_divergence, direction="high",
+        name = "label_drift" if drift.group == _GIVEN_LABELS else f"concept:{drift.group}"
+        what = "given labels" if drift.group == _GIVEN_LABELS else "concept mix"
+        out.metrics[name] = MetricResult(
+            name=name, value=drift.js_divergence, direction="high",
             p_value=p[j], adjusted_p_value=adjusted[j], level=levels[j],
             passed=not rejected[j],
-            note=f"Jensen–Shannon (bits) of the concept mix; max-z permutation test; "
+            note=f"Jensen–Shannon (bits) of the {what}; max-z permutation test; "
             f"largest mover {drift.largest_mover} ({drift.largest_change:+.1%}){tails}",
         )  # fmt: skip
     for v in values:
@@ -242,6 +247,29 @@ def _concept_tests(plan: GuardPlan, summary: BatchSummary) -> list[ConceptDrift]
     return out
 
 
+def _label_mix(plan: GuardPlan, summary: BatchSummary) -> list[ConceptDrift]:
+    """The batch's given labels against the reference's (``GuardConfig.class_mix``)."""
+    ref = plan.reference
+    counts, names = summary.label_counts, ref.label_names
+    if not plan.config.class_mix or counts is None or names is None:
+        return []
+    if summary.n_valid < plan.config.min_batch_size:  # too few to say anything, as the others
+        return []
+    reference_counts = ref.stats.label_counts
+    if reference_counts is None or float(counts.sum()) <= 0 or float(reference_counts.sum()) <= 0:
+        return []
+    return [
+        concept_drift(
+            counts,
+            reference_counts,
+            names,
+            group=_GIVEN_LABELS,
+            resamples=plan.config.n_resamples,
+            seed=plan.config.seed,
+        )
+    ]
+
+
 def _conditional_concepts(
     plan: GuardPlan, summary: BatchSummary
 ) -> dict[str, dict[str, ConceptDrift]]:
@@ -259,6 +287,8 @@ def _conditional_concepts(
     pool = plan.accepted_support
     out: dict[str, dict[str, ConceptDrift]] = {}
     for bank in plan.concept_banks:
+        if PREDICTED_CLASS in bank.groups:  # the class mix itself, not an attribute of a class
+            continue
         theirs = bank.counts(ref.support_image[pool], ref.support_labels[pool], len(names))
         for group in bank.groups:
             table = summary.concept_by_class[group]
@@ -279,7 +309,7 @@ def _conditional_concepts(
 
 def _informational(plan: GuardPlan, summary: BatchSummary) -> dict[str, MetricResult]:
     ref = plan.reference
-    if summary.label_counts is None or ref.stats.num_labels is None:
+    if summary.label_counts is None or ref.stats.num_labels is None or plan.config.class_mix:
         return {}
     drift = label_drift(summary.label_counts, ref.stats.label_counts)
     return {
@@ -287,7 +317,7 @@ def _informational(plan: GuardPlan, summary: BatchSummary) -> dict[str, MetricRe
             name="label_drift",
             value=drift.js_divergence,
             p_value=drift.p_value,
-            note="Jensen–Shannon divergence (bits) of the class mix; χ² p-value; "
-            "informational (a class mix may be chosen on purpose)",
+            note="Jensen–Shannon divergence (bits) of the given labels; χ² p-value; "
+            "informational (GuardConfig.class_mix is off)",
         )
     }

@@ -114,7 +114,7 @@ class PoolAudit:
         report: the batch verdict on the whole pool (``samples`` is empty; counts cover the
             pool).
         decisions: the dataset with decision columns ``sg_accepted`` (the row may be trained
-            on: its sample passed *and* the pool was accepted, so ``filter`` on it never keeps
+            on: its sample passed *and* the pool was not rejected, so ``filter`` on it never keeps
             rows of a rejected pool), ``sg_sample_accepted`` (the per-sample decision alone),
             ``sg_embedded``, ``sg_reasons``, ``sg_details``, ``sg_new_label`` and
             ``sg_relabeled``.

@@ -185,8 +185,10 @@ class GuardedDataset(IterableDataset):
 class GuardedCollate:
     """A DataLoader ``collate_fn`` that checks each batch and collates the accepted samples.
 
-    Returns ``None`` for a batch with nothing to train on (rejected, or every sample
-    rejected): skip it with ``if batch is None: continue``.
+    Returns ``None`` for a batch with nothing to train on (verdict ``"rejected"``, or every
+    sample rejected): skip it with ``if batch is None: continue``. A batch whose verdict is
+    ``"excess_rejects"`` yields its accepted samples; watch ``last_report.verdict`` (or
+    ``on_report``) to stop a generator that makes far more rejects than real data.
 
     Args:
         guard: the :class:`~synthguard.Guard` deciding.

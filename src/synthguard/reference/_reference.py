@@ -396,7 +396,7 @@ def bank_spec(bank: ConceptBank) -> dict[str, Any]:
         "margins": bank.margins,
         "templates": templates if isinstance(templates, str) else list(templates),
         "uncertain_rate": bank.uncertain_rate,
-        "fingerprint": bank.fingerprint.model_dump(),
+        "fingerprint": None if bank.fingerprint is None else bank.fingerprint.model_dump(),
     }
 
 
@@ -405,7 +405,9 @@ def bank_from_spec(spec: dict[str, Any], tensors: dict[str, torch.Tensor], i: in
     return ConceptBank.from_parts(
         spec["groups"],
         {g: tensors[f"bank/{i}/{g}"] for g in spec["groups"]},
-        fingerprint=EncoderFingerprint(**spec["fingerprint"]),
+        fingerprint=None
+        if spec["fingerprint"] is None
+        else EncoderFingerprint(**spec["fingerprint"]),
         margins=spec["margins"],
         templates=spec["templates"],
         uncertain_rate=spec["uncertain_rate"],
