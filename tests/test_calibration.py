@@ -18,6 +18,7 @@ from synthguard.checks import (
     RESAMPLED_TESTS,
     BatchContext,
     SampleCalibration,
+    batch_inputs,
     batch_null,
     batch_values,
     bound_at,
@@ -149,7 +150,11 @@ def test_holm_matches_the_textbook_procedure(p: list[float], alpha: float) -> No
 
 
 def _context(
-    support: torch.Tensor, text: torch.Tensor, k: int = 5, cmmd_rows: int = 60
+    support: torch.Tensor,
+    text: torch.Tensor,
+    k: int = 5,
+    cmmd_rows: int = 60,
+    tokens: torch.Tensor | None = None,
 ) -> BatchContext:
     rows = support[:cmmd_rows]
     return BatchContext(
@@ -169,6 +174,8 @@ def _context(
         cmmd_sigma=10.0,
         cmmd_kernel=rbf_kernel(rows, rows, 10.0).fill_diagonal_(1.0),
         duplicate_cosine=0.9,
+        text_moments=Moments.from_embeddings(text),
+        support_tokens=tokens,
     )
 
 
@@ -184,6 +191,12 @@ def test_batch_values_match_functional_and_peer_packages() -> None:
         F.total_variance(batch_img) / F.total_variance(support)
     )
     assert values["vendi_ratio"] == pytest.approx(F.vendi_score(batch_img) / F.vendi_score(support))
+    assert values["text_variance_ratio"] == pytest.approx(
+        F.total_variance(batch_txt) / F.total_variance(support_txt)
+    )
+    assert values["text_vendi_ratio"] == pytest.approx(
+        F.vendi_score(batch_txt) / F.vendi_score(support_txt)
+    )
     batch_cos, support_cos = F.alignment(batch_img, batch_txt), F.alignment(support, support_txt)
     assert values["alignment_variance"] == pytest.approx(
         float(np.var(batch_cos.numpy()) / np.var(support_cos.numpy()))
@@ -232,14 +245,20 @@ def test_resampled_null_calibrates_false_alarms_on_fresh_real_batches() -> None:
     """Fresh real batches from the reference's distribution fail each test at about its level."""
     g = torch.Generator().manual_seed(5)
     centres = torch.randn(6, 12, generator=g, dtype=torch.float64) * 2
+    # Captions from 6 classes x 5 templates: they repeat, as templated real captions do.
+    caption_centres = torch.randn(6, 12, generator=g, dtype=torch.float64) * 2
+    templates = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([5.0, 6.0, 7.0, 9.0, 12.0], dtype=torch.float64)
 
-    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        c = centres[torch.randint(0, 6, (n,), generator=g)]
-        img = c + torch.randn(n, 12, generator=g, dtype=torch.float64)
-        txt = img + 0.5 * torch.randn(n, 12, generator=g, dtype=torch.float64)
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = torch.randint(0, 6, (n,), generator=g)
+        t = torch.randint(0, 5, (n,), generator=g)
+        img = centres[k] + torch.randn(n, 12, generator=g, dtype=torch.float64)
+        txt = caption_centres[k] + templates[t]
         return (
             torch.nn.functional.normalize(img, dim=1),
             torch.nn.functional.normalize(txt, dim=1),
+            lengths[t] + (k % 2),
         )
 
     # A resampled null is conditional on its support, so its level holds on average over
@@ -249,8 +268,8 @@ def test_resampled_null_calibrates_false_alarms_on_fresh_real_batches() -> None:
     for size in (40, 400):  # m/n = 1/30 and 1/2 (of the 1,200 − m rows kept)
         fails = torch.zeros(len(RESAMPLED_TESTS))
         for _ in range(supports):
-            support, support_txt = draw(1200)
-            ctx = _context(support, support_txt, cmmd_rows=300)
+            support, support_txt, support_tokens = draw(1200)
+            ctx = _context(support, support_txt, cmmd_rows=300, tokens=support_tokens)
             radii_sq = F.knn_radii(support[:600], 5) ** 2
             ctx = BatchContext(
                 **{**ctx.__dict__, "coverage_rows": 600, "coverage_radii_sq": radii_sq}
@@ -259,16 +278,40 @@ def test_resampled_null_calibrates_false_alarms_on_fresh_real_batches() -> None:
             assert null.shape == (199, len(RESAMPLED_TESTS))
             assert not math.isnan(float(null.sum()))
             for _ in range(per_support):
-                img, txt = draw(size)
-                values = batch_values(ctx, img, txt, held_out(ctx, size, 0, img))
+                img, txt, tokens = draw(size)
+                inputs = batch_inputs(ctx, img, txt, tokens, held_out(ctx, size, 0, img))
                 for j, name in enumerate(RESAMPLED_TESTS):
-                    direction = BATCH_TESTS[name].direction
-                    fails[j] += empirical_p(null[:, j], values[name], direction) <= level
+                    test = BATCH_TESTS[name]
+                    value = test.value(inputs)
+                    fails[j] += empirical_p(null[:, j], value, test.direction) <= level
         rates = fails / trials
         for j, name in enumerate(RESAMPLED_TESTS):
             # level 0.1 with 240 trials: sd 0.019; allow 4 sd above, and the test must fire
             assert rates[j] <= level + 0.077, (size, name, float(rates[j]))
-            assert rates[j] >= 0.03, (size, name, float(rates[j]))
+            if name != "caption_duplicate_rate":  # discrete: ties make it conservative
+                assert rates[j] >= 0.03, (size, name, float(rates[j]))
+
+
+def test_caption_tests_against_brute_force() -> None:
+    """Caption length shift and caption duplicates, without the excluded support rows."""
+    support, support_txt = _unit(100, 6, 3), _unit(100, 6, 4)
+    tokens = torch.arange(100, dtype=torch.float64) % 7 + 3
+    ctx = _context(support, support_txt, tokens=tokens)
+    exclude = torch.tensor([0, 5, 9, 50])
+    img, txt = _unit(12, 6, 8), _unit(12, 6, 9)
+    txt[5] = txt[2]  # the same caption twice, and once more up to rounding
+    txt[9] = torch.nn.functional.normalize(txt[2] + 1e-9, dim=0)
+    batch_tokens = torch.tensor([4.0, 9.0] * 6)
+    inputs = batch_inputs(ctx, img, txt, batch_tokens, exclude)
+    rest = torch.ones(100, dtype=torch.bool)
+    rest[exclude] = False
+    length = BATCH_TESTS["caption_length_shift"].value(inputs)
+    assert length == pytest.approx(6.5 - float(tokens[rest].mean()))
+    assert BATCH_TESTS["caption_duplicate_rate"].value(inputs) == pytest.approx(2 / 12)
+    no_tokens = batch_inputs(ctx, img, txt, None, exclude)
+    assert math.isnan(BATCH_TESTS["caption_length_shift"].value(no_tokens))
+    unrecorded = batch_inputs(_context(support, support_txt), img, txt, batch_tokens, exclude)
+    assert math.isnan(BATCH_TESTS["caption_length_shift"].value(unrecorded))
 
 
 def test_held_out_rows_are_seeded_accepted_rows() -> None:

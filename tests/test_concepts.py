@@ -178,8 +178,12 @@ def test_the_holm_family_counts_concept_groups(setup: Any, digits_encoder: Any) 
     guard, _ = setup
     two_groups = {"digit": DIGIT_NAMES, "parity": ("even number", "odd number")}
     bank = sg.ConceptBank(two_groups, digits_encoder, templates=TEMPLATE)
-    with pytest.raises(sg.InvalidInputError, match="n_resamples must be >= 999"):
-        sg.Guard(guard.reference, sg.GuardConfig(n_resamples=799), concept_banks=[bank])
+    # 8 default tests, digit and parity, the predicted and the given class mix: 12.
+    with pytest.raises(sg.InvalidInputError, match="n_resamples must be >= 1199 for 12"):
+        sg.Guard(guard.reference, sg.GuardConfig(n_resamples=1000), concept_banks=[bank])
+    # Left at its default, n_resamples grows to what the family needs.
+    adapted = sg.Guard(guard.reference, sg.GuardConfig(), concept_banks=[bank])
+    assert adapted.config.n_resamples == 1199
 
 
 def test_banks_are_saved_with_the_reference(

@@ -27,7 +27,9 @@ class GuardConfig(BaseModel):
             batch is rejected with probability at most ``alpha_batch``.
         n_resamples: real-vs-real resamples per batch size for the batch tests' null
             distributions. Must allow the smallest Holm level, ``(n_resamples + 1) ·
-            alpha_batch / len(batch_tests) >= 1``.
+            alpha_batch / K >= 1`` for the K tests of the family. Left at its default, a guard
+            raises it to ``K / alpha_batch − 1`` when concept groups and the class mix make
+            the family larger than ``batch_tests``; a value you set is checked instead.
         seed: seed of the resamples and of row subsampling; equal seeds give equal reports.
         label_policy: what a calibrated label disagreement does: ``"relabel"`` (take the frozen
             model's label), ``"reject"`` (reason ``label_mismatch``) or ``"keep"`` (record it).

@@ -15,6 +15,7 @@ Example:
 
 from synthguard.checks._batch import (
     BATCH_TESTS,
+    CAPTION_DUPLICATE_COSINE,
     NULL_DESIGN,
     RESAMPLED_TESTS,
     BatchTest,
@@ -37,6 +38,7 @@ from synthguard.checks._inference import (
 )
 from synthguard.checks._null import (
     BatchContext,
+    batch_inputs,
     batch_null,
     batch_values,
     comparison,
@@ -53,6 +55,7 @@ from synthguard.checks._sample import (
 
 __all__ = [
     "BATCH_TESTS",
+    "CAPTION_DUPLICATE_COSINE",
     "NULL_DESIGN",
     "RESAMPLED_TESTS",
     "SAMPLE_CHECKS",
@@ -67,6 +70,7 @@ __all__ = [
     "Scores",
     "SupportToScore",
     "TestInputs",
+    "batch_inputs",
     "batch_null",
     "batch_values",
     "bound_at",

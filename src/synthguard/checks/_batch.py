@@ -31,6 +31,7 @@ from synthguard.checks._inference import (
 
 __all__ = [
     "BATCH_TESTS",
+    "CAPTION_DUPLICATE_COSINE",
     "NULL_DESIGN",
     "RESAMPLED_TESTS",
     "BatchTest",
@@ -47,9 +48,16 @@ BatchTestName = Literal[
     "frechet_distance",
     "cmmd",
     "alignment_variance",
+    "text_variance_ratio",
+    "text_vendi_ratio",
+    "caption_length_shift",
+    "caption_duplicate_rate",
     "duplicate_rate",
     "flag_rate",
 ]
+
+#: Caption embeddings this close (cosine) are the same caption up to numerics.
+CAPTION_DUPLICATE_COSINE = 0.9999
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,10 @@ class TestInputs:
     Attributes:
         metrics: :func:`synthguard.functional.collapse_metrics` of the accepted pairs against
             the accepted reference pairs (empty when there were too few accepted pairs).
+        text: ``[m, d]`` the accepted pairs' caption rows (``None``: too few).
+        caption_tokens: ``[m]`` their caption tokens (``None``: not known).
+        reference_tokens: mean caption tokens of the reference pairs compared with (NaN: not
+            recorded).
         duplicate_image: ``[r, d]`` embeddable image rows (``None``: too few).
         duplicate_cosine: the calibrated near-duplicate cosine.
         support_duplicates, support_size: support rows with an earlier near-duplicate in the
@@ -68,6 +80,9 @@ class TestInputs:
     """
 
     metrics: Mapping[str, float]
+    text: torch.Tensor | None = None
+    caption_tokens: torch.Tensor | None = None
+    reference_tokens: float = float("nan")
     duplicate_image: torch.Tensor | None = None
     duplicate_cosine: float = float("inf")
     support_duplicates: int = 0
@@ -119,6 +134,18 @@ def _duplicates(inputs: TestInputs) -> float:
     if inputs.duplicate_image is None:
         return float("nan")
     return duplicate_rate(inputs.duplicate_image, inputs.duplicate_cosine)
+
+
+def _caption_length_shift(inputs: TestInputs) -> float:
+    if inputs.caption_tokens is None or inputs.caption_tokens.numel() == 0:
+        return float("nan")
+    return float(inputs.caption_tokens.double().mean()) - inputs.reference_tokens
+
+
+def _caption_duplicates(inputs: TestInputs) -> float:
+    if inputs.text is None or inputs.text.shape[0] == 0:
+        return float("nan")
+    return duplicate_rate(inputs.text, CAPTION_DUPLICATE_COSINE)
 
 
 def _duplicate_counts(inputs: TestInputs) -> tuple[int, int, int, int]:
@@ -177,6 +204,30 @@ _TESTS = (
         name="alignment_variance", direction="high", null="resampled", rows="accepted",
         value=_metric("alignment_variance"),
         summary="variance of the image–caption cosine over the reference's", default=False,
+    ),
+    # The caption side (opt-in until their power is measured): a collapsing captioner's
+    # captions grow longer, generic and alike (the paper: 3.3x longer).
+    BatchTest(
+        name="text_variance_ratio", direction="low", null="resampled", rows="accepted",
+        value=_metric("text_variance_ratio"),
+        summary="total variance of the captions' embeddings over the reference's", default=False,
+    ),
+    BatchTest(
+        name="text_vendi_ratio", direction="low", null="resampled", rows="accepted",
+        value=_metric("text_vendi_ratio"),
+        summary="Vendi score of the captions' embeddings over the reference's", default=False,
+    ),
+    BatchTest(
+        name="caption_length_shift", direction="high", null="resampled", rows="accepted",
+        value=_caption_length_shift,
+        summary="mean caption tokens minus the reference's (NaN without recorded lengths)",
+        default=False,
+    ),
+    BatchTest(
+        name="caption_duplicate_rate", direction="high", null="resampled", rows="accepted",
+        value=_caption_duplicates,
+        summary="share of captions the same as an earlier one (text cosine >= 0.9999)",
+        default=False,
     ),
     # Exact: near-duplicates of real data are rare events (a few pairs in a support), so a
     # resampled null from the support alone understates how many a fresh real batch can hold.

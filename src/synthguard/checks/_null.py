@@ -28,7 +28,14 @@ from synthguard.functional import CollapseReference, collapse_metrics
 from synthguard.functional._common import DEFAULT_BLOCK_SIZE, sq_dists
 from synthguard.stats import Moments
 
-__all__ = ["BatchContext", "batch_null", "batch_values", "comparison", "held_out"]
+__all__ = [
+    "BatchContext",
+    "batch_inputs",
+    "batch_null",
+    "batch_values",
+    "comparison",
+    "held_out",
+]
 
 #: Neighbours kept per coverage row beyond ``k``: a kept row's k-th kept neighbour is found in
 #: its list unless more than ``_SPARE`` of its nearest rows are held out (then it is recomputed
@@ -52,6 +59,8 @@ class BatchContext:
         coverage_rows, coverage_radii_sq: the coverage set's size and k-NN radii² within it.
         cmmd_rows, cmmd_sigma, cmmd_kernel: the CMMD set's size, bandwidth and kernel matrix.
         duplicate_cosine: the calibrated near-duplicate cosine (``inf``: check off).
+        text_moments: caption moments of the accepted support rows.
+        support_tokens: ``[s]`` caption tokens per support pair (``None``: not recorded).
     """
 
     moments: Moments
@@ -66,6 +75,8 @@ class BatchContext:
     cmmd_sigma: float
     cmmd_kernel: torch.Tensor
     duplicate_cosine: float
+    text_moments: Moments | None = None
+    support_tokens: torch.Tensor | None = None
 
     @cached_property
     def pool(self) -> torch.Tensor:
@@ -156,14 +167,12 @@ def comparison(ctx: BatchContext, exclude: torch.Tensor | None = None) -> Collap
     """The accepted reference pairs as a :class:`CollapseReference`, without the support rows
     ``exclude`` (their coverage balls' radii recomputed among the rows kept)."""
     moments, (count, total, total_sq) = ctx.moments, ctx.alignment
+    text_moments = ctx.text_moments
     if exclude is not None:
-        rows = ctx.support[exclude]
-        cosines = (rows * ctx.support_text[exclude]).sum(dim=1)
-        moments = Moments(
-            moments.count - rows.shape[0],
-            moments.sum - rows.sum(0),
-            moments.sum_outer - rows.T @ rows,
-        )
+        rows, captions = ctx.support[exclude], ctx.support_text[exclude]
+        cosines = (rows * captions).sum(dim=1)
+        moments = _without(moments, rows)
+        text_moments = None if text_moments is None else _without(text_moments, captions)
         count -= int(cosines.numel())
         total -= float(cosines.sum())
         total_sq -= float((cosines * cosines).sum())
@@ -184,6 +193,37 @@ def comparison(ctx: BatchContext, exclude: torch.Tensor | None = None) -> Collap
         cmmd_rows=ctx.support[: ctx.cmmd_rows][cmmd],
         cmmd_self=float(kept_sum) / (n_kept**2) if n_kept else math.nan,
         cmmd_sigma=ctx.cmmd_sigma,
+        text_moments=text_moments,
+    )
+
+
+def _without(moments: Moments, rows: torch.Tensor) -> Moments:
+    """Moments with ``rows`` taken out (exact: sums subtract)."""
+    return Moments(
+        moments.count - rows.shape[0], moments.sum - rows.sum(0), moments.sum_outer - rows.T @ rows
+    )
+
+
+def batch_inputs(
+    ctx: BatchContext,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    tokens: torch.Tensor | None,
+    exclude: torch.Tensor | None,
+) -> TestInputs:
+    """The resampled tests' inputs of unit pairs (and their caption tokens) against the
+    accepted reference pairs without the support rows ``exclude``."""
+    reference_tokens = math.nan
+    if ctx.support_tokens is not None:
+        keep = ctx.accepted.clone()
+        if exclude is not None:
+            keep[exclude] = False
+        reference_tokens = float(ctx.support_tokens[keep].mean())
+    return TestInputs(
+        metrics=batch_values(ctx, image, text, exclude),
+        text=text,
+        caption_tokens=tokens,
+        reference_tokens=reference_tokens,
     )
 
 
@@ -215,8 +255,8 @@ def batch_null(ctx: BatchContext, size: int, resamples: int, seed: int) -> torch
     out = torch.empty(resamples, len(RESAMPLED_TESTS), dtype=torch.float64)
     for i in range(resamples):
         idx = pool[torch.randperm(pool.numel(), generator=generator)[:size]]
-        metrics = batch_values(ctx, ctx.support[idx], ctx.support_text[idx], exclude=idx)
-        inputs = TestInputs(metrics=metrics)
+        tokens = None if ctx.support_tokens is None else ctx.support_tokens[idx]
+        inputs = batch_inputs(ctx, ctx.support[idx], ctx.support_text[idx], tokens, idx)
         out[i] = torch.tensor(
             [BATCH_TESTS[name].value(inputs) for name in RESAMPLED_TESTS], dtype=torch.float64
         )

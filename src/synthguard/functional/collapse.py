@@ -15,7 +15,10 @@ Metrics (``docs/guard.md`` has the decision rules built on them):
 - ``vendi_ratio``: Vendi score of the batch over the reference's;
 - ``frechet_distance``: Fréchet distance of the two Gaussians;
 - ``coverage``: share of the reference's k-NN balls (coverage rows) holding a batch row;
-- ``cmmd``: CMMD against the reference's CMMD rows.
+- ``cmmd``: CMMD against the reference's CMMD rows;
+- ``text_variance_ratio`` / ``text_vendi_ratio``: the same two diversity ratios on the caption
+  embeddings (a collapsing captioner's captions grow generic and alike; NaN when the reference
+  has no caption moments).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class CollapseReference:
         cmmd_self: mean RBF kernel over ``cmmd_rows`` pairs (diagonal included); computed when
             ``None`` (callers with a precomputed kernel pass it).
         cmmd_sigma: the RBF bandwidth of CMMD.
+        text_moments: caption moments of the comparison pairs (``None``: no text metrics).
     """
 
     moments: Moments
@@ -64,6 +68,7 @@ class CollapseReference:
     cmmd_rows: torch.Tensor
     cmmd_self: float | None = None
     cmmd_sigma: float = 10.0
+    text_moments: Moments | None = None
 
 
 def collapse_reference(
@@ -95,6 +100,7 @@ def collapse_reference(
     cos = (img * txt).sum(dim=1)
     return CollapseReference(
         moments=Moments(img.shape[0], img.sum(dim=0), img.T @ img),
+        text_moments=Moments(txt.shape[0], txt.sum(dim=0), txt.T @ txt),
         alignment=(img.shape[0], float(cos.sum()), float((cos * cos).sum())),
         coverage_rows=img[:c],
         coverage_radii_sq=coverage_radii_sq,
@@ -117,19 +123,21 @@ def collapse_metrics(
 
     Returns:
         ``alignment_mean``, ``alignment_shift``, ``alignment_variance``, ``variance_ratio``,
-        ``vendi_ratio``, ``frechet_distance``, ``coverage``, ``cmmd`` (NaN when the reference
-        side is empty).
+        ``vendi_ratio``, ``frechet_distance``, ``coverage``, ``cmmd``, ``text_variance_ratio``,
+        ``text_vendi_ratio`` (NaN when the reference side is empty).
     """
     if isinstance(image, EmbeddingStats):
         if text is not None:
             raise InvalidInputError("text must be None when image is an EmbeddingStats")
         moments: Moments | torch.Tensor = image.image
+        text_moments: Moments | torch.Tensor = image.text
         count, total, total_sq = image.alignment_sums
         rows = image.sample("image") if sample is None else as_embeddings("sample", sample)
     else:
         img = as_embeddings("image", image)
-        cos = (img * as_embeddings("text", text, dim=img.shape[1])).sum(dim=1)
-        moments = img
+        txt = as_embeddings("text", text, dim=img.shape[1])
+        cos = (img * txt).sum(dim=1)
+        moments, text_moments = img, txt
         count, total, total_sq = img.shape[0], float(cos.sum()), float((cos * cos).sum())
         rows = img if sample is None else as_embeddings("sample", sample)
     ref = reference.moments
@@ -145,6 +153,17 @@ def collapse_metrics(
         "frechet_distance": frechet_distance(moments, ref),
         "coverage": coverage(rows, reference.coverage_rows, reference.coverage_radii_sq),
         "cmmd": _cmmd(rows, reference),
+        **_text_ratios(text_moments, reference.text_moments),
+    }
+
+
+def _text_ratios(text: Moments | torch.Tensor, reference: Moments | None) -> dict[str, float]:
+    if reference is None:
+        return {"text_variance_ratio": math.nan, "text_vendi_ratio": math.nan}
+    return {
+        "text_variance_ratio": total_variance(text)
+        / max(float(torch.trace(reference.covariance)), 1e-300),
+        "text_vendi_ratio": vendi_score(text) / vendi_score(reference),
     }
 
 

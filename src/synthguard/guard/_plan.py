@@ -93,11 +93,18 @@ class GuardPlan:
         if config.class_mix and PREDICTED_CLASS not in groups:
             banks = (*banks, *_class_bank(reference))
             groups = [g for bank in banks for g in bank.groups]
-        family = len(config.batch_tests) + len(groups)
+        # The given-label mix joins the family for labelled batches (GuardConfig.class_mix).
+        label_mix = int(config.class_mix and reference.stats.num_labels is not None)
+        family = len(config.batch_tests) + len(groups) + label_mix
+        needed = math.ceil(family / config.alpha_batch - 1e-9) - 1
+        if config.n_resamples < needed and "n_resamples" not in config.model_fields_set:
+            # The default adapts to the family (concept groups, class mix); a value the user
+            # set is checked instead.
+            config = config.model_copy(update={"n_resamples": needed})
         if family and (config.n_resamples + 1) * config.alpha_batch / family < 1:
             raise InvalidInputError(
                 f"n_resamples must be >= {math.ceil(family / config.alpha_batch) - 1} for "
-                f"{family} batch tests (concept groups included) at alpha_batch "
+                f"{family} batch tests (concept groups and the class mix included) at alpha_batch "
                 f"{config.alpha_batch}; got {config.n_resamples}"
             )
         return cls(config=config, reference=reference, checks=checks, concept_banks=banks)

@@ -253,6 +253,7 @@ def pool_report(plan: GuardPlan, state: PoolState) -> GuardReport:
         n_flagged=flagged,
         image=image,
         text=text,
+        caption_tokens=None,  # a pool does not record caption lengths
         duplicate_image=duplicates,
         label_counts=labels if labels is not None and float(labels.sum()) else None,
         concept_counts={

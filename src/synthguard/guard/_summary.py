@@ -26,6 +26,7 @@ of waiting.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ class BatchSummary:
     n_flagged: int
     image: torch.Tensor  # [rows, d] accepted rows the distribution tests use (0 rows: skipped)
     text: torch.Tensor
+    caption_tokens: torch.Tensor | None  # [rows] their caption tokens (None: not known)
     duplicate_image: torch.Tensor  # [dup_rows, d] embeddable rows (0 rows: skipped)
     label_counts: torch.Tensor | None  # [classes] float64 over embeddable rows
     concept_counts: dict[str, torch.Tensor] = field(default_factory=dict)  # accepted rows
@@ -230,10 +232,15 @@ def summarise(
         if n_rows >= min_rows:
             picked = accepted_idx[torch.randperm(accepted_idx.numel(), generator=gen)[:n_rows]]
             picked = picked.sort()[0]
+    # Caption tokens travel as one more column (NaN where unknown, on any rank).
+    tokens = rows.caption_tokens if rows.caption_tokens is not None else torch.full((n,), math.nan)
     pairs, duplicates = _fetch(
-        shard, [(torch.cat([image, text], dim=1), picked), (image, dup_pick)], offset
+        shard,
+        [(torch.cat([image, text, tokens.double()[:, None]], dim=1), picked), (image, dup_pick)],
+        offset,
     )
     d = image.shape[1]
+    picked_tokens = pairs[:, 2 * d]
 
     label_counts = None
     if bool(labelled.all()) and num_labels is not None:
@@ -253,7 +260,8 @@ def summarise(
         n_accepted=accepted_idx.numel(),
         n_flagged=int((counted & (flags & _FLAGGED).bool()).sum()),
         image=pairs[:, :d],
-        text=pairs[:, d:],
+        text=pairs[:, d : 2 * d],
+        caption_tokens=None if bool(picked_tokens.isnan().any()) else picked_tokens,
         duplicate_image=duplicates,
         label_counts=label_counts,
         concept_counts={k: v for k, v in tables.items() if not k.endswith("/by_class")},

@@ -7,7 +7,8 @@ the registry is computed and reported with its p-value; the plan's family decide
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -15,7 +16,7 @@ from synthguard.checks import (
     RESAMPLED_TESTS,
     BatchTest,
     TestInputs,
-    batch_values,
+    batch_inputs,
     bound_at,
     empirical_p,
     held_out,
@@ -146,12 +147,14 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
     context = plan.context()
     # The batch meets the accepted support without `rows` held-out rows: the comparison each
     # resample of the null makes (the split design of synthguard.checks).
-    metrics: dict[str, float] = {}
+    resampled = TestInputs(metrics={})
     if distribution:
         kept_out = held_out(context, rows, cfg.seed, summary.image)
-        metrics = batch_values(context, summary.image, summary.text, kept_out)
-    inputs = TestInputs(
-        metrics=metrics,
+        resampled = batch_inputs(
+            context, summary.image, summary.text, summary.caption_tokens, kept_out
+        )
+    inputs = replace(
+        resampled,
         duplicate_image=summary.duplicate_image if dup_rows else None,
         duplicate_cosine=context.duplicate_cosine,
         support_duplicates=context.support_duplicates if dup_rows else 0,
@@ -159,7 +162,7 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
         n=summary.n,
         n_flagged=summary.n_flagged,
         support_flagged=plan.support_flagged,
-    )  # fmt: skip
+    )
     null = plan.null(rows) if distribution else None
     values: list[_Value] = []
     for test in plan.tests:
@@ -168,6 +171,9 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
         if test.rows == "embeddable" and not dup_rows:
             continue
         value = test.value(inputs)
+        if math.isnan(value):  # not available for this batch (e.g. no caption lengths)
+            out.notes.append(f"{test.name} not computed: {test.summary}")
+            continue
         if test.null == "resampled":
             assert null is not None
             column = null[:, RESAMPLED_TESTS.index(test.name)]

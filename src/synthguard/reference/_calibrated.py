@@ -177,8 +177,8 @@ class CalibratedSupport:
                 calibration = self.sample_calibration(names)
                 raw = calibration.thresholds(_check_alpha(alpha))
                 accepted = ~calibration.flags(alpha, only)
-                rows = self.support_image[accepted]
-                align = (rows * self.support_text[accepted]).sum(dim=1)
+                rows, captions = self.support_image[accepted], self.support_text[accepted]
+                align = (rows * captions).sum(dim=1)
                 self._contexts[key] = BatchContext(
                     moments=Moments(rows.shape[0], rows.sum(dim=0), rows.T @ rows),
                     alignment=(rows.shape[0], float(align.sum()), float((align * align).sum())),
@@ -192,6 +192,10 @@ class CalibratedSupport:
                     cmmd_sigma=_CMMD_SIGMA,
                     cmmd_kernel=self._cmmd_kernel(),
                     duplicate_cosine=raw.get("near_duplicate", math.inf),
+                    text_moments=Moments(
+                        captions.shape[0], captions.sum(dim=0), captions.T @ captions
+                    ),
+                    support_tokens=self.support_caption_tokens,
                 )
             return self._contexts[key]
 

@@ -129,7 +129,7 @@ def run_generation(
             if not sample.accepted:
                 key = str(sample.reasons[0]) if sample.reasons else "batch"
                 synthetic.rejected.setdefault(key, []).append(pixels[i])
-            elif not report.accepted:
+            elif report.verdict == "rejected":  # "excess_rejects" keeps its accepted samples
                 synthetic.rejected.setdefault("batch rejected", []).append(pixels[i])
             else:
                 synthetic.accepted.append(pixels[i])
