@@ -52,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     clean = decided.filter(lambda row: row["sg_accepted"])
     for chunk, metrics in enumerate(logged):
-        verdict = "accepted" if metrics["synthguard/accepted"] else "REJECTED"
+        verdict = (
+            "accepted" if metrics["synthguard/accepted"]
+            else "EXCESS REJECTS (its accepted samples kept)" if metrics["synthguard/excess_rejects"]
+            else "REJECTED"
+        )  # fmt: skip
         print(
             f"chunk {chunk}: {verdict}, {int(metrics['synthguard/n_accepted'])} of "
             f"{int(metrics['synthguard/n_samples'])} samples accepted"

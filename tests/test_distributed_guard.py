@@ -15,7 +15,7 @@ import synthguard as sg
 from _digits import TEMPLATE, digits_reference
 from synthguard.datasets import DIGITS_CONCEPT_BANK, load_digits
 
-CONFIG = sg.GuardConfig(n_resamples=999, max_batch_rows=64)
+CONFIG = sg.GuardConfig(n_resamples=1099, max_batch_rows=64)
 #: Report fields that describe the whole batch: equal on every rank and to one process.
 BATCH_FIELDS = (
     "accepted", "reasons", "risk_score", "metrics", "rows_tested", "concepts",

@@ -129,6 +129,7 @@ REASON_CODES = {
 
 CHECKS = {
     "BATCH_TESTS",
+    "CAPTION_DUPLICATE_COSINE",
     "NULL_DESIGN",
     "RESAMPLED_TESTS",
     "SAMPLE_CHECKS",
@@ -143,6 +144,7 @@ CHECKS = {
     "Scores",
     "SupportToScore",
     "TestInputs",
+    "batch_inputs",
     "batch_null",
     "batch_values",
     "bound_at",

@@ -19,7 +19,7 @@ from synthguard.guard._pool import PoolSpec, block_plan, block_state, decide_blo
 
 ray = pytest.importorskip("ray")
 
-CONFIG = sg.GuardConfig(n_resamples=999, max_batch_rows=128)
+CONFIG = sg.GuardConfig(n_resamples=1099, max_batch_rows=128)
 BLOCK = 30
 DECISIONS = ("sg_accepted", "sg_embedded", "sg_reasons", "sg_details", "sg_new_label",
              "sg_relabeled", "sg_concept_digit")  # fmt: skip

@@ -138,7 +138,7 @@ def _half_copied(digits: Any, encoder: Any) -> tuple[torch.Tensor, torch.Tensor]
 def test_alignment_variance_is_informational_by_default(
     reference: sg.Reference, digits: Any, digits_encoder: Any
 ) -> None:
-    guard = sg.Guard(reference, sg.GuardConfig(n_resamples=199, alpha_batch=0.05))
+    guard = sg.Guard(reference, sg.GuardConfig(n_resamples=239, alpha_batch=0.05))
     report = guard.check_embeddings(*_half_copied(digits, digits_encoder))
     metric = report.metrics["alignment_variance"]
     assert metric.passed is None and metric.p_value is not None
@@ -151,7 +151,7 @@ def test_alignment_variance_rejects_a_spread_alignment_when_in_the_family(
 ) -> None:
     tests = (*sg.GuardConfig().batch_tests, "alignment_variance")
     guard = sg.Guard(
-        reference, sg.GuardConfig(n_resamples=199, alpha_batch=0.05, batch_tests=tests)
+        reference, sg.GuardConfig(n_resamples=239, alpha_batch=0.05, batch_tests=tests)
     )
     report = guard.check_embeddings(*_half_copied(digits, digits_encoder))
     assert not report.accepted

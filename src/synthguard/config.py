@@ -111,7 +111,9 @@ class GuardConfig(BaseModel):
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} must not repeat entries; got {list(values)}")
         k = len(self.batch_tests)
-        if k and (self.n_resamples + 1) * self.alpha_batch / k < 1.0:
+        # Left at its default, n_resamples is raised to what the family needs (GuardPlan).
+        explicit = "n_resamples" in self.model_fields_set
+        if explicit and k and (self.n_resamples + 1) * self.alpha_batch / k < 1.0:
             needed = math.ceil(k / self.alpha_batch) - 1
             raise ValueError(
                 f"n_resamples must be >= {needed} so the smallest Holm level alpha_batch/{k} = "

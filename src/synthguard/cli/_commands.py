@@ -34,7 +34,7 @@ or a .parquet file; see synthguard.sources.""",
     "check": """example:
   synthguard check --reference real.sgref --input synthetic.tar --out report.json \\
       --html report.html --write-accepted accepted.tar
-exit code: 0 accepted, 1 rejected, 2 usage or input error""",
+exit code: 0 accepted, 1 rejected or excess_rejects, 2 usage or input error""",
     "bench": """example:
   synthguard bench                  # guard overhead vs embedding on the bundled model""",
 }
