@@ -52,11 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     clean = decided.filter(lambda row: row["sg_accepted"])
     for chunk, metrics in enumerate(logged):
-        verdict = (
-            "accepted" if metrics["synthguard/accepted"]
-            else "EXCESS REJECTS (its accepted samples kept)" if metrics["synthguard/excess_rejects"]
-            else "REJECTED"
-        )  # fmt: skip
+        verdict = "accepted" if metrics["synthguard/accepted"] else "REJECTED"
+        if metrics["synthguard/excess_rejects"]:  # the generator is flagged, its good samples kept
+            verdict = "EXCESS REJECTS (its accepted samples kept)"
         print(
             f"chunk {chunk}: {verdict}, {int(metrics['synthguard/n_accepted'])} of "
             f"{int(metrics['synthguard/n_samples'])} samples accepted"
