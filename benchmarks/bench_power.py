@@ -121,6 +121,10 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--extra-tests", default="", help="batch tests added to the default family, e.g. density"
+    )
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
@@ -135,7 +139,8 @@ def main() -> None:
         [images[i] for i in ref_idx], [captions[i] for i in ref_idx], encoder=enc,
         labels=[labels[i] for i in ref_idx], label_names=DIGIT_NAMES, label_templates=TEMPLATE,
     )  # fmt: skip
-    guard = sg.Guard(reference)
+    extra = tuple(t for t in args.extra_tests.split(",") if t)
+    guard = sg.Guard(reference, sg.GuardConfig(batch_tests=(*sg.GuardConfig().batch_tests, *extra)))
     ref_image = enc.encode_images([images[i] for i in ref_idx]).double()
     ref_text = enc.encode_texts([captions[i] for i in ref_idx]).double()
     ref_cos = (ref_image * ref_text).sum(dim=1)
@@ -219,7 +224,8 @@ def main() -> None:
                   "blur 10 %": (_each(blur), 0.10), "blur 25 %": (_each(blur), 0.25),
                   "blur 50 %": (_each(blur), 0.50)}  # fmt: skip
     results: dict[str, dict[str, dict[str, float | None]]] = {}
-    for case, spec in everything.items():
+    chosen = [c for c in args.cases.split(",") if c] or list(everything)
+    for case, spec in ((c, everything[c]) for c in chosen):
         tallies = {m: Tally() for m in ("synthguard", "clip_cut", "mmd", "fd")}
         for _ in range(args.trials):
             fraction = 1.0

@@ -205,6 +205,7 @@ def test_batch_values_match_functional_and_peer_packages() -> None:
         real_features=support.numpy(), fake_features=batch_img.numpy(), nearest_k=5
     )
     assert values["coverage"] == pytest.approx(peer["coverage"])
+    assert values["density"] == pytest.approx(peer["density"])
     assert values["frechet_distance"] == pytest.approx(F.frechet_distance(batch_img, support))
     assert values["cmmd"] == pytest.approx(F.cmmd(batch_img, support[:60]), rel=1e-9)
     dup = F.near_duplicates(batch_img, 0.9)

@@ -45,6 +45,7 @@ BatchTestName = Literal[
     "variance_ratio",
     "vendi_ratio",
     "coverage",
+    "density",
     "frechet_distance",
     "cmmd",
     "alignment_variance",
@@ -189,6 +190,13 @@ _TESTS = (
     BatchTest(
         name="coverage", direction="low", null="resampled", rows="accepted",
         value=_metric("coverage"), summary="share of the reference's k-NN balls hit",
+    ),
+    # Opt-in until measured: the mean number of reference balls a row sits in falls when rows
+    # drift off the real manifold while each still passes the per-sample checks (mild noise).
+    BatchTest(
+        name="density", direction="low", null="resampled", rows="accepted",
+        value=_metric("density"), summary="reference k-NN balls per row, over k (Naeem et al.)",
+        default=False,
     ),
     BatchTest(
         name="frechet_distance", direction="high", null="resampled", rows="accepted",

@@ -194,6 +194,7 @@ def comparison(ctx: BatchContext, exclude: torch.Tensor | None = None) -> Collap
         cmmd_self=float(kept_sum) / (n_kept**2) if n_kept else math.nan,
         cmmd_sigma=ctx.cmmd_sigma,
         text_moments=text_moments,
+        k=ctx.k,
     )
 
 

@@ -15,6 +15,8 @@ Metrics (``docs/guard.md`` has the decision rules built on them):
 - ``vendi_ratio``: Vendi score of the batch over the reference's;
 - ``frechet_distance``: Fréchet distance of the two Gaussians;
 - ``coverage``: share of the reference's k-NN balls (coverage rows) holding a batch row;
+- ``density``: balls holding a batch row, per row, over ``k`` (Naeem et al.; 1 on real data,
+  lower when rows drift off the real manifold);
 - ``cmmd``: CMMD against the reference's CMMD rows;
 - ``text_variance_ratio`` / ``text_vendi_ratio``: the same two diversity ratios on the caption
   embeddings (a collapsing captioner's captions grow generic and alike; NaN when the reference
@@ -59,6 +61,7 @@ class CollapseReference:
             ``None`` (callers with a precomputed kernel pass it).
         cmmd_sigma: the RBF bandwidth of CMMD.
         text_moments: caption moments of the comparison pairs (``None``: no text metrics).
+        k: the neighbourhood size of the coverage balls (density divides by it).
     """
 
     moments: Moments
@@ -69,6 +72,7 @@ class CollapseReference:
     cmmd_self: float | None = None
     cmmd_sigma: float = 10.0
     text_moments: Moments | None = None
+    k: int = 5
 
 
 def collapse_reference(
@@ -104,6 +108,7 @@ def collapse_reference(
         alignment=(img.shape[0], float(cos.sum()), float((cos * cos).sum())),
         coverage_rows=img[:c],
         coverage_radii_sq=coverage_radii_sq,
+        k=k,
         cmmd_rows=img[: min(cmmd_rows, img.shape[0])],
     )
 
@@ -123,7 +128,8 @@ def collapse_metrics(
 
     Returns:
         ``alignment_mean``, ``alignment_shift``, ``alignment_variance``, ``variance_ratio``,
-        ``vendi_ratio``, ``frechet_distance``, ``coverage``, ``cmmd``, ``text_variance_ratio``,
+        ``vendi_ratio``, ``frechet_distance``, ``coverage``, ``density``, ``cmmd``,
+        ``text_variance_ratio``,
         ``text_vendi_ratio`` (NaN when the reference side is empty).
     """
     if isinstance(image, EmbeddingStats):
@@ -141,6 +147,7 @@ def collapse_metrics(
         count, total, total_sq = img.shape[0], float(cos.sum()), float((cos * cos).sum())
         rows = img if sample is None else as_embeddings("sample", sample)
     ref = reference.moments
+    covered, balls_per_row = _balls(rows, reference.coverage_rows, reference.coverage_radii_sq)
     mean, ref_mean = total / count, reference.alignment[1] / reference.alignment[0]
     variance = total_sq / count - mean * mean
     ref_variance = reference.alignment[2] / reference.alignment[0] - ref_mean * ref_mean
@@ -151,7 +158,8 @@ def collapse_metrics(
         "variance_ratio": total_variance(moments) / max(float(torch.trace(ref.covariance)), 1e-300),
         "vendi_ratio": vendi_score(moments) / vendi_score(ref),
         "frechet_distance": frechet_distance(moments, ref),
-        "coverage": coverage(rows, reference.coverage_rows, reference.coverage_radii_sq),
+        "coverage": covered,
+        "density": balls_per_row / reference.k,
         "cmmd": _cmmd(rows, reference),
         **_text_ratios(text_moments, reference.text_moments),
     }
@@ -170,17 +178,29 @@ def _text_ratios(text: Moments | torch.Tensor, reference: Moments | None) -> dic
 def coverage(image: torch.Tensor, real: torch.Tensor, radii_sq: torch.Tensor) -> float:
     """Share of ``real`` points whose k-NN ball (squared radius ``radii_sq``) holds an ``image``
     row (Naeem et al.); on-sphere counts as outside, as in :func:`~synthguard.functional.prdc`."""
-    if real.shape[0] == 0:
-        return math.nan
+    return _balls(image, real, radii_sq)[0]
+
+
+def _balls(image: torch.Tensor, real: torch.Tensor, radii_sq: torch.Tensor) -> tuple[float, float]:
+    """``(coverage, balls holding an image row on average)`` from one pass over the balls.
+
+    The second, divided by ``k``, is Naeem et al.'s density; it falls when rows leave the real
+    manifold even while each stays inside some ball (mild noise, blur).
+    """
+    if real.shape[0] == 0 or image.shape[0] == 0:
+        return math.nan, math.nan
     radii = radii_sq - _TIE_RTOL * (2.0 * float((real * real).sum(1).max()))
     i_sq = (image * image).sum(dim=1)
     r_sq = (real * real).sum(dim=1)
     covered = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
+    inside = 0
     for start in range(0, real.shape[0], DEFAULT_BLOCK_SIZE):
         stop = start + DEFAULT_BLOCK_SIZE
         d2 = sq_dists(real[start:stop], image, r_sq[start:stop], i_sq)
-        covered[start:stop] = (d2 < radii[start:stop, None]).any(dim=1)
-    return float(covered.double().mean())
+        held = d2 < radii[start:stop, None]
+        covered[start:stop] = held.any(dim=1)
+        inside += int(held.sum())
+    return float(covered.double().mean()), inside / image.shape[0]
 
 
 def _cmmd(image: torch.Tensor, reference: CollapseReference) -> float:

@@ -155,6 +155,8 @@ class CalibratedSupport:
                     cmmd_rows=image[: self.cmmd_rows],
                     cmmd_self=float(self._cmmd_kernel().mean()),
                     cmmd_sigma=_CMMD_SIGMA,
+                    text_moments=Moments(text.shape[0], text.sum(dim=0), text.T @ text),
+                    k=self.k,
                 )
             return self._collapse
 
