@@ -67,6 +67,8 @@ class ReportLike(Protocol):
     @property
     def accepted(self) -> bool: ...
     @property
+    def verdict(self) -> str: ...
+    @property
     def reasons(self) -> Sequence[str]: ...
     @property
     def risk_score(self) -> float | None: ...
@@ -180,7 +182,7 @@ def bars_svg(drift: ConceptDrift) -> str:
 
 def render_report(report: ReportLike) -> str:
     """The report as one HTML page."""
-    verdict = "ACCEPTED" if report.accepted else "REJECTED"
+    verdict = report.verdict.upper().replace("_", " ")
     cls = "ok" if report.accepted else "bad"
     risk = "n/a" if report.risk_score is None else f"{report.risk_score:.3f}"
     parts = [
