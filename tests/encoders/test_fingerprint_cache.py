@@ -11,9 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import synthguard as sg
+from synthguard.encoders._images import content_key
 from synthguard.encoders._openclip import OpenClipBackend
 
 
@@ -139,3 +142,60 @@ def test_corrupt_cache_is_detected(tiny_encoder: Any, tmp_path: Path) -> None:
     broken = sg.load_encoder(spec, cache_dir=garbage)
     with pytest.raises(sg.CorruptFileError, match=r"not a readable SQLite database|corrupt"):
         broken.encode_images(_images(1))
+
+
+def _palette_image(indices: np.ndarray, palette: list[int]) -> Any:
+    from PIL import Image
+
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette(palette)
+    return image
+
+
+def test_palette_images_with_new_colours_are_not_served_from_the_cache(
+    tiny_openclip_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 16: same palette indices, another palette -> the old embedding was returned."""
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, 4, (32, 32))
+    first = _palette_image(indices, [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    second = _palette_image(indices, [255, 255, 255, 0, 0, 0, 90, 90, 90, 200, 10, 10] + [0] * 756)
+    spec = f"openclip:local-dir:{tiny_openclip_dir}"
+    cached = sg.load_encoder(spec, cache_dir=tmp_path / "c")
+    cached.encode_images([first])
+    got = cached.encode_images([second])
+    torch.testing.assert_close(
+        got, sg.load_encoder(spec).encode_images([second]), atol=1e-6, rtol=0
+    )
+    # Transparency changes the composited pixels too.
+    transparent = first.copy()
+    transparent.info["transparency"] = 1
+    assert content_key(transparent) != content_key(first)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**32 - 1),
+    st.integers(min_value=0, max_value=2**32 - 1),
+    st.sampled_from(["P", "L", "RGBA", "LA"]),
+)
+def test_content_keys_agree_exactly_when_the_decoded_rgb_agrees(
+    seed_a: int, seed_b: int, mode: str
+) -> None:
+    """Two in-memory images share a cache key iff the RGB the encoder sees is identical."""
+    from PIL import Image
+
+    from synthguard.encoders._images import load_image
+
+    def make(seed: int) -> Any:
+        rng = np.random.default_rng(seed)
+        if mode == "P":  # few indices and colours: collisions of the RGB happen, keys must follow
+            palette = rng.integers(0, 2, 12).tolist() + [0] * 756
+            return _palette_image(rng.integers(0, 4, (3, 3)), [255 * v for v in palette])
+        channels = {"L": 1, "RGBA": 4, "LA": 2}[mode]
+        values = (rng.integers(0, 2, (3, 3, channels)) * 255).astype(np.uint8)
+        return Image.fromarray(values[..., 0] if channels == 1 else values, mode=mode)
+
+    a, b = make(seed_a), make(seed_b)
+    same_rgb = load_image(a).tobytes() == load_image(b).tobytes()
+    assert (content_key(a) == content_key(b)) == same_rgb

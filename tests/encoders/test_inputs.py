@@ -105,6 +105,9 @@ def test_exif_orientation_is_applied() -> None:
     decoded = load_image(buffer.getvalue())
     assert decoded.size == (8, 16)  # width and height swapped
     np.testing.assert_array_equal(np.asarray(decoded), np.rot90(array, k=-1))
+    # One rule for every form (issue 16): the same file opened in memory decodes alike.
+    opened = Image.open(io.BytesIO(buffer.getvalue()))
+    np.testing.assert_array_equal(np.asarray(load_image(opened)), np.asarray(decoded))
 
 
 def test_animated_gif_uses_first_frame() -> None:

@@ -57,7 +57,9 @@ def load_image(item: Any, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) 
         ImageDecodeError: the item cannot be turned into an image; the message says why.
     """
     if isinstance(item, Image.Image):
-        image = item
+        # The same EXIF rule as for files and bytes: a photo gives one embedding whether it
+        # arrives as a path or as ``Image.open(path)``.
+        image = ImageOps.exif_transpose(item) or item
     elif isinstance(item, (bytes, bytearray, memoryview)):
         image = _open_encoded(io.BytesIO(bytes(item)), max_pixels, source="bytes")
     elif isinstance(item, (str, os.PathLike)):
@@ -192,8 +194,10 @@ def _high_depth_to_uint8(array: np.ndarray) -> np.ndarray:
 def content_key(item: Any) -> str:
     """A SHA-256 of the item's content, used as the embedding-cache key.
 
-    Files and bytes hash their encoded bytes; in-memory images hash their pixels together with
-    mode/dtype and shape, so equal pixels with a different layout do not collide.
+    Files and bytes hash their encoded bytes; arrays and tensors hash their values with dtype
+    and shape, so equal values with a different layout do not collide. PIL images hash the RGB
+    image the encoder will see (:func:`load_image`): their raw bytes leave out the palette, the
+    transparency and the EXIF orientation, each of which changes the pixels.
     """
     digest = hashlib.sha256()
     if isinstance(item, (str, os.PathLike)):
@@ -205,8 +209,9 @@ def content_key(item: Any) -> str:
         digest.update(b"bytes:")
         digest.update(bytes(item))
     elif isinstance(item, Image.Image):
-        digest.update(f"pil:{item.mode}:{item.size}:".encode())
-        digest.update(item.tobytes())
+        rgb = load_image(item)
+        digest.update(f"pil-rgb:{rgb.size}:".encode())
+        digest.update(rgb.tobytes())
     elif isinstance(item, np.ndarray):
         digest.update(f"ndarray:{item.dtype}:{item.shape}:".encode())
         digest.update(np.ascontiguousarray(item).tobytes())
