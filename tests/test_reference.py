@@ -121,6 +121,73 @@ def test_damaged_reference_files_are_detected(
         sg.Reference.load(path)
 
 
+def _edit_header(blob: bytes, edit: Any) -> bytes:
+    """The same safetensors blob with its synthguard metadata edited (the tensors untouched)."""
+    import json
+    import struct
+
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
+    meta = json.loads(header["__metadata__"]["synthguard"])
+    edit(meta)
+    header["__metadata__"]["synthguard"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + blob[8 + length :]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(k=4),
+        lambda m: m.update(label_names=m["label_names"][:-1]),
+        lambda m: m.update(coverage_rows=10),
+        lambda m: m.update(checks=list(reversed(m["checks"]))),
+    ],
+    ids=["k 5 -> 4", "label_names shortened", "coverage_rows", "checks reordered"],
+)
+def test_edited_metadata_fails_the_checksum(
+    reference: sg.Reference, tmp_path: Path, edit: Any
+) -> None:
+    """Issue 16: the checksum covered the tensors only; an edited header loaded and decided."""
+    path = reference.save(tmp_path / "real.sgref")
+    path.write_bytes(_edit_header(path.read_bytes(), edit))
+    with pytest.raises(sg.CorruptFileError, match="checksum"):
+        sg.Reference.load(path)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["cut coverage radii", "short label names", "bf16 badness", "k too large", "null columns"],
+)
+def test_inconsistent_states_name_the_tensor(reference: sg.Reference, damage: str) -> None:
+    """What the checksum cannot catch (a version-2 file, a hand-made state): shapes and dtypes
+    are checked against the metadata on load, not found by an IndexError at check time."""
+    from synthguard.reference._codec import ReferenceState
+
+    reference.batch_null(20, alpha=0.05, resamples=19, seed=0)
+    state = reference.to_state()
+    tensors, meta = dict(state.tensors), dict(state.meta)
+    if damage == "cut coverage radii":
+        tensors["coverage_radii_sq"] = tensors["coverage_radii_sq"][:-3]
+        match = "coverage_radii_sq"
+    elif damage == "short label names":
+        meta["label_names"] = meta["label_names"][:-1]
+        match = "class_embeddings"
+    elif damage == "bf16 badness":
+        tensors["calibration_badness"] = tensors["calibration_badness"].bfloat16()
+        match = "float32 or float64"
+    elif damage == "k too large":
+        meta["k"] = 10_000
+        match = "k must be between"
+    else:
+        key = next(k for k in tensors if k.startswith("null/"))
+        tensors[key] = tensors[key][:, :-1]
+        match = "columns"
+    with pytest.raises(sg.CorruptFileError, match=match):
+        sg.Reference.from_state(ReferenceState(tensors=tensors, meta=meta))
+
+
 def test_a_different_encoder_is_refused(
     reference: sg.Reference, tmp_path: Path, tiny_encoder: Any
 ) -> None:
@@ -212,7 +279,7 @@ def test_a_loaded_version_1_file_is_saved_as_the_current_version(tmp_path: Path)
     from synthguard.reference._codec import FORMAT_VERSION, decode
 
     blob = sg.Reference.load(V1_FILE).to_bytes()
-    assert decode(blob).meta["format_version"] == FORMAT_VERSION == 2
+    assert decode(blob).meta["format_version"] == FORMAT_VERSION == 3
     again = sg.Reference.from_bytes(blob)
     assert again.calibration.names == sg.Reference.load(V1_FILE).calibration.names
 

@@ -1,11 +1,14 @@
 """The ``.sgref`` file format: a :class:`ReferenceState` as bytes, and back. No pickle.
 
 One safetensors blob: the state's tensors are the file's tensors; its metadata is JSON in the
-``__metadata__`` header, with a SHA-256 over every tensor's name, dtype, shape and bytes, so
-truncation or bit rot is detected on load instead of silently changing decisions.
+``__metadata__`` header, with a SHA-256 over every tensor's name, dtype, shape and bytes and
+over the metadata itself, so truncation, bit rot or an edited header (``"k": 5 -> 4``) is
+detected on load instead of silently changing decisions.
 
-Versions: 2 (current) stores one calibration column per per-sample check, ``near_duplicate``
-included, and names the columns of its cached nulls. Version 1 files are migrated on read: the
+Versions: 3 (current) checksums the metadata too. 2 stores one calibration column per
+per-sample check, ``near_duplicate`` included, and names the columns of its cached nulls; its
+checksum covers the tensors only (re-save a version-2 file to protect its metadata). Version 1
+files are migrated on read: the
 ``near_duplicate`` column is the ``reference_copy`` one (the same leave-one-out score, which
 version 1 shared between the two), and their cached nulls, which lack newer tests' columns,
 are dropped (recomputed on first use).
@@ -28,8 +31,8 @@ from synthguard._errors import CorruptFileError
 __all__ = ["FORMAT", "FORMAT_VERSION", "ReferenceState", "decode", "encode"]
 
 FORMAT = "synthguard.reference"
-FORMAT_VERSION = 2
-_READABLE = (1, 2)
+FORMAT_VERSION = 3
+_READABLE = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,8 @@ class ReferenceState:
 def encode(state: ReferenceState) -> bytes:
     """The state as one safetensors blob (current format version, checksummed)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
-    meta = {
-        **state.meta,
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "sha256": _checksum(tensors),
-    }
+    meta = {**state.meta, "format": FORMAT, "format_version": FORMAT_VERSION}
+    meta["sha256"] = _checksum(tensors, meta)
     return save_tensors(tensors, metadata={"synthguard": json.dumps(meta)})
 
 
@@ -63,9 +62,11 @@ def decode(blob: bytes, source: str = "<bytes>") -> ReferenceState:
         tensors = load_tensors(blob)
     except Exception as exc:  # safetensors raises its own SafetensorError on bad bytes
         raise CorruptFileError(f"reference file {source!r} is corrupt: {exc}") from exc
-    if _checksum(tensors) != meta.get("sha256"):
+    covered = meta if meta["format_version"] >= 3 else None
+    if _checksum(tensors, covered) != meta.get("sha256"):
+        what = "tensors or metadata" if covered is not None else "tensors"
         raise CorruptFileError(
-            f"reference file {source!r} failed its checksum: the tensors were altered or "
+            f"reference file {source!r} failed its checksum: the {what} were altered or "
             "truncated; rebuild it or restore a copy"
         )
     if meta["format_version"] == 1:
@@ -73,8 +74,13 @@ def decode(blob: bytes, source: str = "<bytes>") -> ReferenceState:
     return ReferenceState(tensors=dict(tensors), meta=meta)
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+def _checksum(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> str:
+    """SHA-256 of every tensor and, from version 3, of the metadata (canonical JSON, without
+    the checksum itself)."""
     digest = hashlib.sha256()
+    if meta is not None:
+        header = {k: v for k, v in meta.items() if k != "sha256"}
+        digest.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())

@@ -349,6 +349,7 @@ class Reference(CalibratedSupport):
             stats = EmbeddingStats.from_state_dict(
                 {k[len("stats.") :]: v for k, v in tensors.items() if k.startswith("stats.")}
             )
+            _check_shapes(tensors, meta, stats, nulls_fit)
             fingerprint = meta["fingerprint"]
             ref = cls(
                 stats,
@@ -386,6 +387,40 @@ class Reference(CalibratedSupport):
             f"Reference(pairs={self.stats.n_pairs}, support={self.n_support}, "
             f"dim={self.stats.dim}, encoder={model!r}, labels={self.label_names is not None})"
         )
+
+
+def _check_shapes(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], stats: EmbeddingStats, nulls: bool
+) -> None:
+    """Every stored tensor has the shape and dtype its metadata implies (a cut or edited file
+    fails here, naming the tensor, not with an IndexError at check time)."""
+    s, dim = int(stats.sample("image").shape[0]), stats.dim
+    names = meta["label_names"]
+    expected: dict[str, tuple[int, ...]] = {
+        "support_radii": (s,),
+        "coverage_radii_sq": (min(int(meta["coverage_rows"]), s),),
+        "calibration_badness": (s, len(meta["checks"])),
+        "support_caption_tokens": (s,),
+    }
+    if names is not None:
+        expected["class_embeddings"] = (len(names), dim)
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() and not name.startswith("stats."):
+            raise ValueError(f"tensor {name!r} must be floating point; got {tensor.dtype}")
+        if tensor.dtype in (torch.bfloat16, torch.float16) and not name.startswith("stats."):
+            raise ValueError(f"tensor {name!r} must be float32 or float64; got {tensor.dtype}")
+        shape = tuple(tensor.shape)
+        if name in expected and shape != expected[name]:
+            raise ValueError(f"tensor {name!r} must have shape {expected[name]}; got {shape}")
+        if nulls and name.startswith("null/") and (
+            tensor.ndim != 2 or shape[1] != len(RESAMPLED_TESTS)
+        ):
+            raise ValueError(
+                f"tensor {name!r} must have {len(RESAMPLED_TESTS)} columns; got shape {shape}"
+            )
+    k = int(meta["k"])
+    if not 1 <= k <= s - 2:
+        raise ValueError(f"k must be between 1 and {s - 2} for a {s}-row support; got {k}")
 
 
 def bank_spec(bank: ConceptBank) -> dict[str, Any]:
