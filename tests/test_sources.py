@@ -113,3 +113,50 @@ def test_written_files_get_ordinary_permissions(pairs: sg.PairBatch, tmp_path: P
         os.umask(mask)
     assert (tmp_path / "out.tar").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0o600
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("label", [3.7, "2.5", True, "three", [1]])
+@pytest.mark.parametrize("kind", ["folder", "webdataset", "parquet"])
+def test_labels_that_are_not_whole_numbers_are_refused(
+    pairs: sg.PairBatch, tmp_path: Path, kind: Any, label: Any
+) -> None:
+    """Issue 16: 3.7, "2.5" and true became classes 3, 2 and 1 (int(v)) in every source."""
+    dest = tmp_path / {"folder": "out", "webdataset": "out.tar", "parquet": "out.parquet"}[kind]
+    one = sg.PairBatch(pairs.images[:2], pairs.captions[:2], ids=["a", "b"])
+    write_pairs(one, dest, kind)
+    if kind == "folder":
+        lines = (dest / "captions.jsonl").read_text().splitlines()
+        rows = [
+            {**json.loads(line), "label": label if i == 1 else 4} for i, line in enumerate(lines)
+        ]
+        (dest / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    elif kind == "webdataset":
+        dest.unlink()
+        with tarfile.open(dest, "w") as tar:
+            for key, image, value in (("a", pairs.images[0], 4), ("b", pairs.images[1], label)):
+                for name, data in ((f"{key}.png", image), (f"{key}.txt", b"a digit"),
+                                   (f"{key}.cls", str(value).encode())):  # fmt: skip
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(dest)
+        column = pa.array([[4], label] if isinstance(label, list) else [
+            type(label)(0) if not isinstance(label, str) else "4", label
+        ])  # fmt: skip
+        pq.write_table(table.append_column("label", column), dest)
+    with pytest.raises(sg.InvalidInputError, match="label must be a class index"):
+        read_pairs(dest)
+
+
+def test_integral_labels_are_read_in_every_form(pairs: sg.PairBatch, tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    write_pairs(sg.PairBatch(pairs.images[:3], pairs.captions[:3], ids=["a", "b", "c"]), folder,
+                "folder")  # fmt: skip
+    lines = (folder / "captions.jsonl").read_text().splitlines()
+    rows = [{**json.loads(line), "label": v} for line, v in zip(lines, [2, "7", 3.0], strict=True)]
+    (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert read_pairs(folder).labels == [2, 7, 3]

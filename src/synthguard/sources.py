@@ -21,12 +21,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import re
 import shutil
 import tarfile
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+
+import numpy as np
 
 from synthguard._errors import InvalidInputError
 from synthguard._io import atomic_path, staging_dir
@@ -75,7 +79,7 @@ def read_pairs(path: str | Path) -> PairBatch:
     return PairBatch(
         [r["image"] for r in rows],
         [r["caption"] for r in rows],
-        labels=[int(v) for v in labels] if all(has) else None,  # type: ignore[arg-type]
+        labels=labels if all(has) else None,
         ids=[r["id"] for r in rows],
     )
 
@@ -111,11 +115,10 @@ def _read_folder(root: Path) -> list[dict[str, Any]]:
             raise InvalidInputError(
                 f"{root}: entry {number} needs 'file' and 'caption'; got {entry!r}"
             )
-        label = entry.get("label")
         rows.append({
             "image": str(_safe(root, str(entry["file"]))),
             "caption": entry["caption"],
-            "label": None if label in (None, "") else int(label),
+            "label": _label(entry.get("label"), f"{root}: entry {number}"),
             "id": entry.get("id") or str(entry["file"]),
         })  # fmt: skip
     return rows
@@ -149,7 +152,7 @@ def _read_tars(path: Path) -> list[dict[str, Any]]:
             rows.append({
                 "image": image if image is not None else b"",
                 "caption": caption,
-                "label": None if label in (None, "") else int(label),
+                "label": _label(label, f"{shard}: sample {key!r}"),
                 "id": f"{shard.name}/{key}" if len(shards) > 1 else key,
             })  # fmt: skip
     return rows
@@ -186,10 +189,31 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
         rows.append({
             "image": image if image is not None else b"",
             "caption": entry["caption"],
-            "label": entry.get("label"),
+            "label": _label(entry.get("label"), f"{path}: row {number}"),
             "id": entry.get("id") if entry.get("id") is not None else number,
         })  # fmt: skip
     return rows
+
+
+def _label(value: Any, where: str) -> int | None:
+    """A class label as stored (an integer, or an integral number or numeral), or ``None``.
+
+    ``3.7``, ``"2.5"`` or ``true`` are refused, not truncated to a class: a label that is not a
+    whole number is a data error the user must see.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None  # a missing value in a numeric column
+    if isinstance(value, bool):
+        raise InvalidInputError(f"{where}: label must be a class index; got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    raise InvalidInputError(f"{where}: label must be a class index (a whole number); got {value!r}")
 
 
 def write_pairs(batch: PairBatch, dest: str | Path, kind: SourceKind) -> Path:

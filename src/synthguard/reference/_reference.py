@@ -412,8 +412,10 @@ def _check_shapes(
         shape = tuple(tensor.shape)
         if name in expected and shape != expected[name]:
             raise ValueError(f"tensor {name!r} must have shape {expected[name]}; got {shape}")
-        if nulls and name.startswith("null/") and (
-            tensor.ndim != 2 or shape[1] != len(RESAMPLED_TESTS)
+        if (
+            nulls
+            and name.startswith("null/")
+            and (tensor.ndim != 2 or shape[1] != len(RESAMPLED_TESTS))
         ):
             raise ValueError(
                 f"tensor {name!r} must have {len(RESAMPLED_TESTS)} columns; got shape {shape}"
