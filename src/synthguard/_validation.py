@@ -182,9 +182,17 @@ def check_same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor
         )
 
 
+def _stable_norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows scaled by their largest |value|, their L2 norms)``: a finite row of huge values
+    (1e300) keeps its direction instead of overflowing to a norm of ``inf`` (and a zero row)."""
+    scale = x.abs().amax(dim=1, keepdim=True) if x.numel() else x.new_ones(x.shape[0], 1)
+    scaled = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scaled, torch.linalg.vector_norm(scaled, dim=1)
+
+
 def normalize_rows(name: str, x: torch.Tensor) -> torch.Tensor:
     """Rows of ``x`` divided by their L2 norm; zero rows (cosine undefined) raise."""
-    norms = torch.linalg.vector_norm(x, dim=1)
+    x, norms = _stable_norms(x)
     zero = norms == 0
     if bool(zero.any()):
         bad = torch.nonzero(zero).flatten()
@@ -253,8 +261,9 @@ def unit_rows_or_nan(name: str, value: Any, dim: int, n: int | None = None) -> t
     if n is not None and value.shape[0] != n:
         raise InvalidInputError(f"{name} must have one row per sample ({n}); got {value.shape[0]}")
     x = value.detach().to("cpu", torch.float64)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    ok = torch.isfinite(x).all(dim=1) & (norms > 0)
+    finite = torch.isfinite(x).all(dim=1)
+    x, norms = _stable_norms(torch.where(finite[:, None], x, torch.zeros_like(x)))
+    ok = finite & (norms > 0)
     out = torch.full_like(x, math.nan)
     out[ok] = x[ok] / norms[ok, None]
     return out

@@ -139,6 +139,12 @@ def test_user_embeddings_bad_rows_and_bad_shapes(guard: sg.Guard) -> None:
     assert sg.ReasonCode.ENCODING_FAILED not in report.samples[3].reasons
     unscaled = float((ref.support_image[3] * ref.support_text[3]).sum())
     assert report.samples[3].scores["alignment"] == pytest.approx(unscaled)
+    # Rows of huge or tiny (finite) values keep their direction (issue 16: 1e300 overflowed to
+    # a zero row, rejected as low_alignment).
+    for scale in (1e300, 1e-300):
+        scaled = guard.check_embeddings(ref.support_image[3:5] * scale, ref.support_text[3:5])
+        assert scaled.samples[0].scores["alignment"] == pytest.approx(unscaled)
+        assert sg.ReasonCode.LOW_ALIGNMENT not in scaled.samples[0].reasons
     with pytest.raises(sg.InvalidInputError, match=r"shape \[n, 64\]"):
         guard.check_embeddings(image[:, :10], text[:, :10])
     with pytest.raises(sg.InvalidInputError, match="one row per sample"):
