@@ -147,3 +147,14 @@ def test_a_transformers_model_in_memory_embeds_as_its_spec_does(tiny_hf_dir: Pat
     assert torch.allclose(held.encode_images(images), loaded.encode_images(images), atol=1e-6)
     with pytest.raises(sg.EncoderLoadError, match="processor"):
         from_transformers(model, object())
+
+
+def test_a_local_dir_without_weights_is_refused(tiny_openclip_dir: Path, tmp_path: Path) -> None:
+    """Issue 16: open_clip built a randomly initialised model from a config-only folder."""
+    import shutil
+
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(tiny_openclip_dir / "open_clip_config.json", config_only)
+    with pytest.raises(sg.EncoderLoadError, match="holds no weights"):
+        sg.load_encoder(f"openclip:local-dir:{config_only}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ class OpenClipBackend(ModelBackend):
         import open_clip  # local: importing open_clip costs ~1 s and pulls in timm
 
         self.model_id = model_id
+        _require_local_weights(model_name, model_id)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained, device="cpu"
@@ -110,3 +112,21 @@ class OpenClipBackend(ModelBackend):
             "context_length": self.context_length,
             "rgb_conversion": RGB_CONVERSION,
         }
+
+
+#: Weight files open_clip looks for in a ``local-dir:`` folder.
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth")
+
+
+def _require_local_weights(model_name: str, model_id: str) -> None:
+    """Refuse a ``local-dir:`` folder without weights: open_clip would only log a warning and
+    build a randomly initialised model, whose embeddings would be judged as real."""
+    if not model_name.startswith("local-dir:"):
+        return
+    folder = Path(model_name[len("local-dir:") :])
+    if folder.is_dir() and not any(any(folder.glob(p)) for p in _WEIGHT_PATTERNS):
+        raise EncoderLoadError(
+            f"cannot load open_clip model {model_id!r}: the folder {str(folder)!r} holds no "
+            "weights (*.safetensors, *.bin or *.pth next to open_clip_config.json); without "
+            "them open_clip would build a randomly initialised model"
+        )
