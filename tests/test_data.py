@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -40,3 +42,15 @@ def test_pair_batch_is_frozen() -> None:
     batch = sg.PairBatch(images=[1], captions=["a"])
     with pytest.raises(AttributeError):
         batch.captions = ["b"]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "captions",
+    [{"a", "b"}, frozenset({"a", "b"}), {"x": "a", "y": "b"}, {"a": 1, "b": 2}.keys()],
+    ids=["set", "frozenset", "dict", "dict keys"],
+)
+def test_unordered_captions_are_refused(captions: Any) -> None:
+    """Issue 16: a set or dict of captions was paired with the images in hash order."""
+    images = [np.zeros((4, 4, 3), dtype=np.uint8)] * 2
+    with pytest.raises(sg.InvalidInputError, match="ordered sequence"):
+        sg.PairBatch(images, captions)

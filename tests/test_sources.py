@@ -160,3 +160,17 @@ def test_integral_labels_are_read_in_every_form(pairs: sg.PairBatch, tmp_path: P
     rows = [{**json.loads(line), "label": v} for line, v in zip(lines, [2, "7", 3.0], strict=True)]
     (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert read_pairs(folder).labels == [2, 7, 3]
+
+
+def test_a_shard_with_two_members_for_one_slot_is_refused(
+    pairs: sg.PairBatch, tmp_path: Path
+) -> None:
+    """Issue 16: the last of two ``a.txt`` members was kept silently."""
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("a.png", pairs.images[0]), ("a.txt", b"one"), ("a.txt", b"two")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(sg.InvalidInputError, match=r"two \.txt members"):
+        read_pairs(shard)

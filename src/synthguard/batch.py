@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,13 @@ def as_sample_list(value: Any, name: str) -> list[Any]:
         raise InvalidInputError(
             f"{name} must be a sequence of samples; got a single {type(value).__name__} "
             f"(wrap it in a list: [{name[:-1] if name.endswith('s') else name}])"
+        )
+    if isinstance(value, (AbstractSet, Mapping)):
+        # A set has no order, and a mapping's keys are not its samples: pairing them with
+        # images would be silent chance.
+        raise InvalidInputError(
+            f"{name} must be an ordered sequence of samples (list, tuple, tensor or array); "
+            f"got a {type(value).__name__}"
         )
     if isinstance(value, torch.Tensor | np.ndarray):
         if value.ndim == 0:

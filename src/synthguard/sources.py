@@ -138,6 +138,11 @@ def _read_tars(path: Path) -> list[dict[str, Any]]:
                     name = PurePosixPath(member.name)
                     key = str(name.parent / name.name.split(".", 1)[0])
                     ext = "." + name.name.split(".", 1)[1] if "." in name.name else ""
+                    if ext.lower() in groups[key]:  # a second file for one sample's slot
+                        raise InvalidInputError(
+                            f"{shard}: sample {key!r} has two {ext.lower() or 'extensionless'} "
+                            "members; which one is the sample's is ambiguous"
+                        )
                     handle = tar.extractfile(member)
                     groups[key][ext.lower()] = handle.read() if handle else b""
         except tarfile.TarError as exc:

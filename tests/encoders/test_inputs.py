@@ -168,3 +168,12 @@ def test_array_round_trip_property(
         np.testing.assert_array_equal(out, np.repeat(array.reshape(height, width, 1), 3, axis=2))
     elif channels == 3:
         np.testing.assert_array_equal(out, array)
+
+
+def test_half_and_bfloat16_tensors_decode_like_float32() -> None:
+    """Issue 16: a bf16 tensor in [0, 1] was a false ``unreadable_image`` (numpy has no bf16)."""
+    chw = torch.rand(3, 8, 8)
+    want = np.asarray(load_image(chw))
+    for dtype in (torch.float16, torch.bfloat16):
+        got = np.asarray(load_image(chw.to(dtype)))
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 2  # the dtype's rounding

@@ -78,6 +78,8 @@ def load_image(item: Any, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) 
         image = _from_array(item, layout="HWC")
     elif isinstance(item, torch.Tensor):
         array = item.detach().cpu()
+        if array.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
+            array = array.float()
         if array.ndim == 3:
             array = array.permute(1, 2, 0)  # CHW -> HWC
         image = _from_array(array.numpy(), layout="CHW")
