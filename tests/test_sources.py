@@ -174,3 +174,50 @@ def test_a_shard_with_two_members_for_one_slot_is_refused(
             tar.addfile(info, io.BytesIO(data))
     with pytest.raises(sg.InvalidInputError, match=r"two \.txt members"):
         read_pairs(shard)
+
+
+def _shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("member", "data", "match"),
+    [
+        ("a.json", b"{not json", r"a\.json|\.json is not JSON"),
+        ("a.json", b"[1, 2]", "must be a JSON object"),
+        ("a.txt", "café".encode("latin-1"), "not UTF-8"),
+    ],
+    ids=["sidecar not JSON", "sidecar a list", "latin-1 caption"],
+)
+def test_bad_shard_members_are_named(
+    pairs: sg.PairBatch, tmp_path: Path, member: str, data: bytes, match: str
+) -> None:
+    """Issue 16: raw JSONDecodeError, AttributeError and UnicodeDecodeError escaped."""
+    shard = _shard(tmp_path / "s.tar", [("a.png", pairs.images[0]), (member, data)])
+    with pytest.raises(sg.InvalidInputError, match=match) as info:
+        read_pairs(shard)
+    assert "s.tar" in str(info.value) and "'a'" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["captions.jsonl", "captions.csv"])
+def test_latin_1_caption_files_are_named(pairs: sg.PairBatch, tmp_path: Path, name: str) -> None:
+    (tmp_path / "a.png").write_bytes(pairs.images[0])
+    text = (
+        '{"file": "a.png", "caption": "café"}\n' if name.endswith("jsonl")
+        else "file,caption\na.png,café\n"
+    )  # fmt: skip
+    (tmp_path / name).write_bytes(text.encode("latin-1"))
+    with pytest.raises(sg.InvalidInputError, match=f"{name} is not UTF-8"):
+        read_pairs(tmp_path)
+
+
+def test_a_garbage_parquet_file_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet PAR1")
+    with pytest.raises(sg.InvalidInputError, match="not a readable Parquet file"):
+        read_pairs(bad)

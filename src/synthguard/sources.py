@@ -94,19 +94,46 @@ def _safe(root: Path, name: str) -> Path:
     return root.joinpath(*pure.parts)
 
 
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"{where} is not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r}); "
+            "re-save it as UTF-8"
+        ) from exc
+
+
+def _text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return _utf8(data, str(path))
+
+
+def _json_object(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_utf8(data, where))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{where} is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{where} must be a JSON object; got {type(value).__name__}")
+    return value
+
+
 def _read_folder(root: Path) -> list[dict[str, Any]]:
     jsonl, table = root / "captions.jsonl", root / "captions.csv"
     if jsonl.exists():
         entries = []
-        for number, line in enumerate(jsonl.read_text("utf-8").splitlines(), start=1):
+        for number, line in enumerate(_text(jsonl).splitlines(), start=1):
             if line.strip():
                 try:
                     entries.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise InvalidInputError(f"{jsonl}: line {number} is not JSON: {exc}") from exc
     elif table.exists():
-        with open(table, newline="", encoding="utf-8") as handle:
-            entries = list(csv.DictReader(handle))
+        entries = list(csv.DictReader(io.StringIO(_text(table), newline="")))
     else:
         raise InvalidInputError(f"folder {str(root)!r} needs captions.jsonl or captions.csv")
     rows = []
@@ -149,8 +176,11 @@ def _read_tars(path: Path) -> list[dict[str, Any]]:
             raise InvalidInputError(f"{shard} is not a readable tar shard: {exc}") from exc
         for key, files in groups.items():
             image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
-            meta = json.loads(files[".json"]) if ".json" in files else {}
-            caption = files[".txt"].decode("utf-8") if ".txt" in files else meta.get("caption")
+            where = f"{shard}: sample {key!r}"
+            meta = _json_object(files[".json"], f"{where} .json") if ".json" in files else {}
+            caption = (
+                _utf8(files[".txt"], f"{where} .txt") if ".txt" in files else meta.get("caption")
+            )
             if image is None and caption is None:
                 continue  # neither an image nor a caption: not a sample (e.g. stray files)
             label = meta.get("label", files[".cls"].decode().strip() if ".cls" in files else None)
@@ -174,7 +204,11 @@ def _pyarrow() -> Any:
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
-    table = _pyarrow().read_table(path).to_pylist()
+    pq = _pyarrow()
+    try:
+        table = pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid / ArrowIOError subclass these
+        raise InvalidInputError(f"{path} is not a readable Parquet file: {exc}") from exc
     rows = []
     for number, entry in enumerate(table):
         if "caption" not in entry and "text" in entry:  # Hugging Face datasets' usual name
