@@ -463,3 +463,18 @@ def test_caption_side_tests_see_a_collapsing_captioner(guard: sg.Guard, digits: 
     default = guard.check(_batch(digits, 300, 428, captions=one_template))
     assert default.metrics["text_vendi_ratio"].passed is None
     assert default.metrics["text_vendi_ratio"].p_value is not None
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"alpha": 1.5}, r"alpha: Input should be less than 1; got 1\.5"),
+        ({"alpah": 0.1}, "alpah: Extra inputs are not permitted"),
+        ({"n_resamples": 99}, "n_resamples must be >= 799"),
+        ({"batch_tests": ("coverage", "coverage")}, "must not repeat"),
+    ],
+)
+def test_config_errors_are_invalid_input_errors(arguments: dict[str, Any], match: str) -> None:
+    """Issue 16: pydantic's ValidationError escaped the public API."""
+    with pytest.raises(sg.InvalidInputError, match=match):
+        sg.GuardConfig(**arguments)

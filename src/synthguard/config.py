@@ -6,8 +6,9 @@ import math
 import warnings
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from synthguard._errors import InvalidInputError
 from synthguard.checks import BATCH_TESTS, SAMPLE_CHECKS, BatchTestName, SampleCheckName
 
 __all__ = ["GuardConfig"]
@@ -69,6 +70,14 @@ class GuardConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def __init__(self, **data: Any) -> None:
+        # One error type for every bad argument of the public API (InvalidInputError is a
+        # ValueError, as pydantic's was): parameter, constraint and value, one per line.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidInputError(_describe(exc)) from None
+
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     alpha_batch: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
     n_resamples: Annotated[int, Field(ge=19)] = 1000
@@ -125,3 +134,16 @@ class GuardConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict of the fields."""
         return self.model_dump(mode="json")
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        value = item.get("input")
+        if where:  # a field: its constraint and the value received
+            lines.append(f"{where}: {message}; got {value!r}")
+        else:  # a rule across fields: its message names them
+            lines.append(message)
+    return "invalid GuardConfig: " + "; ".join(lines)
