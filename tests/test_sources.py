@@ -221,3 +221,22 @@ def test_a_garbage_parquet_file_is_named(tmp_path: Path) -> None:
     bad.write_bytes(b"PAR1 this is not parquet PAR1")
     with pytest.raises(sg.InvalidInputError, match="not a readable Parquet file"):
         read_pairs(bad)
+
+
+def test_a_gnu_tar_of_a_folder_is_read(pairs: sg.PairBatch, tmp_path: Path) -> None:
+    """Issue 16: ``tar -C dir -cf s.tar .`` starts with a ``./`` entry, which was refused."""
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        tar.addfile(_dir_entry("./"))
+        for name, data in (("./a.png", pairs.images[0]), ("./a.txt", b"a digit")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    back = read_pairs(shard)
+    assert back.captions == ["a digit"] and back.ids == ["a"]
+
+
+def _dir_entry(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info

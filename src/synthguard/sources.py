@@ -159,6 +159,8 @@ def _read_tars(path: Path) -> list[dict[str, Any]]:
         try:
             with tarfile.open(shard) as tar:
                 for member in tar:
+                    if member.isdir() and member.name.rstrip("/") in ("", "."):
+                        continue  # GNU tar's "./" entry (tar -C dir -cf s.tar .)
                     _safe(Path(shard.name), member.name)  # refuses '..' and absolute names
                     if not member.isfile():
                         continue
