@@ -164,3 +164,22 @@ def test_version(capsys: Any) -> None:
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"synthguard {version('synthguard')}"
+
+
+def test_an_internal_error_has_its_own_exit_code_and_no_traceback(
+    workspace: dict[str, Path], capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: a bug exited 1 ("batch rejected") with a traceback."""
+    import synthguard.sources
+
+    def broken(path: Any) -> Any:
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(synthguard.sources, "read_pairs", broken)
+    argv = ["check", "--reference", str(workspace["reference"]), "--input", str(workspace["fresh"])]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: something inside broke" in err
+    assert "Traceback" not in err and "--debug" in err
+    assert main(["--debug", *argv]) == 3
+    assert "Traceback" in capsys.readouterr().err

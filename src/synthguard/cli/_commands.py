@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -46,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Guard retraining pipelines against model collapse from synthetic data.",
     )
     parser.add_argument("--version", action="version", version=f"synthguard {_version()}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an internal error"
+    )
+    parser.epilog = (
+        "exit codes: 0 success (check: accepted), 1 check: not accepted, 2 usage or input "
+        f"error, {EXIT_INTERNAL} internal error (a bug: rerun with --debug and report it)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add(sub: Any, name: str, key: str, text: str) -> argparse.ArgumentParser:
@@ -90,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit code of an unexpected (internal) error: neither "accepted" (0), "not accepted" (1) nor a
+#: usage or input error (2).
+EXIT_INTERNAL = 3
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``synthguard`` console script."""
     args = _parser().parse_args(argv)
@@ -104,6 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SynthGuardError, OSError) as exc:
         print(f"synthguard: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("synthguard: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user error: never exit 1 ("not accepted")
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"synthguard: internal error: {type(exc).__name__}: {exc}"
+            + ("" if args.debug else " (rerun with --debug for the traceback)"),
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def _demo(args: argparse.Namespace) -> int:
