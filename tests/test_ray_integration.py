@@ -125,6 +125,7 @@ def test_audit_equals_the_same_steps_in_one_process(
     for name in ("accepted", "n_samples", "n_accepted", "rejects_by_reason", "n_relabeled",
                  "rows_tested", "risk_score"):  # fmt: skip
         assert got[name] == want[name], name
+    assert got["verdict"] == want["verdict"]
     for name, metric in want["metrics"].items():
         assert got["metrics"][name]["value"] == pytest.approx(metric["value"], rel=1e-9)
         assert got["metrics"][name]["p_value"] == metric["p_value"], name
@@ -140,7 +141,7 @@ def test_audit_equals_the_same_steps_in_one_process(
         assert list(ray_rows[column][order]) == list(local[name]), name
     # sg_accepted: what may be trained on (the sample's decision and the pool's verdict).
     assert list(ray_rows["sg_accepted"][order]) == [
-        bool(a) and got["accepted"] for a in local["sg_accepted"]
+        bool(a) and got["verdict"] != "rejected" for a in local["sg_accepted"]
     ]
     # Writable to Parquet, decisions included.
     result.decisions.write_parquet(str(tmp_path / "out"))
@@ -234,7 +235,7 @@ def test_rows_of_a_rejected_pool_are_not_accepted(
          for j, i in enumerate(threes)], override_num_blocks=3,
     )  # fmt: skip
     result = audit(ds, reference, CONFIG, batch_size=15, id_column="id")
-    assert not result.report.accepted
+    assert result.report.verdict == "rejected"
     rows = result.decisions.take_all()
     assert len(rows) == len(threes) and not any(row["sg_accepted"] for row in rows)
     assert sum(bool(row["sg_sample_accepted"]) for row in rows) == result.report.n_accepted > 0
