@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--resamples", type=int, default=199)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits")
     args = parser.parse_args()
     torch.set_num_threads(1)
     enc = sg.load_encoder("bundled:digits")
@@ -40,7 +41,7 @@ def main() -> None:
     print("d =", image.shape[1])
     for name in args.settings:
         n, b = SETTINGS[name]
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(args.seed)
         ps: dict[str, list[float]] = {}
         rejected, t0, rows = 0, time.time(), []
         for _ in range(args.trials):

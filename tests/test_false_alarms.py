@@ -30,10 +30,10 @@ ALPHA_BATCH = 0.1  # the smallest Holm level (0.1 / 8) is reachable with 99 resa
 LEVELS = (0.01, 0.1)
 #: name: (support pairs, batch samples, references, batches per reference)
 DIGIT_CASES = {
-    "m/n=0.05": (1200, 64, 20, 10),
-    "m/n=0.2": (1000, 215, 20, 10),
-    "m/n=0.5": (1000, 500, 20, 10),
-    "smallest grid size": (1000, 11, 20, 10),
+    "m/n=0.05": (1200, 64, 10, 20),
+    "m/n=0.2": (1000, 215, 10, 20),
+    "m/n=0.5": (1000, 500, 10, 20),
+    "smallest grid size": (1000, 11, 10, 20),
 }
 
 
@@ -49,7 +49,7 @@ def embedded(digits_encoder: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def _upper(level: float, trials: int) -> float:
     """A one-sided 99.9 % binomial bound on the rate, for batches clustered by reference
-    (design effect 2: half the trials count as independent)."""
+    (20 per reference; design effect 2: half the trials count as independent)."""
     effective = trials // 2
     return float(stats.binom.ppf(0.999, effective, level)) / effective
 
