@@ -49,7 +49,7 @@ def embedded(digits_encoder: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def _upper(level: float, trials: int) -> float:
     """A one-sided 99.9 % binomial bound on the rate, for batches clustered by reference
-    (20 per reference; design effect 2: half the trials count as independent)."""
+    (design effect 2: half the trials count as independent)."""
     effective = trials // 2
     return float(stats.binom.ppf(0.999, effective, level)) / effective
 
@@ -64,9 +64,9 @@ def _check_rates(p_values: dict[str, list[float]], rejected: int, trials: int, c
             rate = float(np.mean(ps <= level))
             assert rate <= _upper(level, len(values)), (case, name, level, rate)
         test = BATCH_TESTS.get(name)
-        # A continuous resampled test does fire; a discrete one (a duplicate rate of 0 in every
-        # real batch: p = 1) need not.
-        continuous = len(np.unique(ps)) >= 10
+        # A continuous resampled test does fire; a duplicate rate is a count, often 0 in a real
+        # batch (p = 1), so its test is conservative and need not.
+        continuous = len(np.unique(ps)) >= 10 and not name.endswith("duplicate_rate")
         if test is not None and test.null == "resampled" and continuous:
             assert float(np.mean(ps <= 0.1)) >= 0.03, (case, name, float(np.mean(ps <= 0.1)))
 
@@ -132,12 +132,12 @@ def test_real_batches_at_the_largest_grid_size_fail_each_test_at_its_level() -> 
 
     p_values: dict[str, list[float]] = {}
     rejected = trials = 0
-    for r in range(10):
+    for r in range(5):
         reference = sg.Reference.from_embeddings(*draw(2200))
         guard = sg.Guard(
             reference, sg.GuardConfig(n_resamples=RESAMPLES, alpha_batch=ALPHA_BATCH, seed=r)
         )
-        for _ in range(20):
+        for _ in range(40):
             report = guard.check_embeddings(*draw(1200))
             assert report.rows_tested == 1024
             rejected += report.verdict != "accepted"
