@@ -14,6 +14,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core: one thread each, so two workers do not fight
+    # over the cores (oversubscribed, torch ran 15x slower on this 2-core machine).
+    import torch
+
+    torch.set_num_threads(1)
+
 _real_connect = socket.socket.connect
 NETWORK_ATTEMPTS: list[Any] = []
 
