@@ -157,7 +157,7 @@ def kept_radii_sq(ctx: BatchContext, keep: torch.Tensor) -> torch.Tensor:
     for j in torch.nonzero(~found).flatten().tolist():
         i = int(rows[j])
         d2 = ((others - cover[i]) ** 2).sum(dim=1)
-        d2 = d2[torch.nonzero(keep).flatten() != i]
+        d2 = d2[rows != i]  # ``others`` are the rows ``rows`` index
         if d2.numel() >= ctx.k:
             out[j] = torch.kthvalue(d2, ctx.k).values
     return out
@@ -216,9 +216,7 @@ def batch_inputs(
     accepted reference pairs without the support rows ``exclude``."""
     reference_tokens = math.nan
     if ctx.support_tokens is not None:
-        keep = ctx.accepted.clone()
-        if exclude is not None:
-            keep[exclude] = False
+        keep = _kept(ctx, ctx.support_tokens.numel(), exclude)
         reference_tokens = float(ctx.support_tokens[keep].mean())
     return TestInputs(
         metrics=batch_values(ctx, image, text, exclude),

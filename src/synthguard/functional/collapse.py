@@ -104,7 +104,7 @@ def collapse_reference(
     cos = (img * txt).sum(dim=1)
     return CollapseReference(
         moments=Moments(img.shape[0], img.sum(dim=0), img.T @ img),
-        text_moments=Moments(txt.shape[0], txt.sum(dim=0), txt.T @ txt),
+        text_moments=Moments.from_embeddings(txt),
         alignment=(img.shape[0], float(cos.sum()), float((cos * cos).sum())),
         coverage_rows=img[:c],
         coverage_radii_sq=coverage_radii_sq,

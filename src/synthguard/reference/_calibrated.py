@@ -155,7 +155,7 @@ class CalibratedSupport:
                     cmmd_rows=image[: self.cmmd_rows],
                     cmmd_self=float(self._cmmd_kernel().mean()),
                     cmmd_sigma=_CMMD_SIGMA,
-                    text_moments=Moments(text.shape[0], text.sum(dim=0), text.T @ text),
+                    text_moments=Moments.from_embeddings(text),
                     k=self.k,
                 )
             return self._collapse
@@ -194,9 +194,7 @@ class CalibratedSupport:
                     cmmd_sigma=_CMMD_SIGMA,
                     cmmd_kernel=self._cmmd_kernel(),
                     duplicate_cosine=raw.get("near_duplicate", math.inf),
-                    text_moments=Moments(
-                        captions.shape[0], captions.sum(dim=0), captions.T @ captions
-                    ),
+                    text_moments=Moments.from_embeddings(captions),
                     support_tokens=self.support_caption_tokens,
                 )
             return self._contexts[key]
