@@ -275,7 +275,7 @@ def test_resampled_null_calibrates_false_alarms_on_fresh_real_batches() -> None:
             ctx = BatchContext(
                 **{**ctx.__dict__, "coverage_rows": 600, "coverage_radii_sq": radii_sq}
             )
-            null = batch_null(ctx, size, 199, seed=0)
+            null = batch_null(ctx, size, 199, seed=0, columns=RESAMPLED_TESTS)
             assert null.shape == (199, len(RESAMPLED_TESTS))
             assert not math.isnan(float(null.sum()))
             for _ in range(per_support):

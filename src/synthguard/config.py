@@ -6,6 +6,7 @@ import math
 import warnings
 from typing import Annotated, Any, Literal, cast
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthguard._errors import InvalidInputError
@@ -56,7 +57,13 @@ class GuardConfig(BaseModel):
             cap and half the reference support, so nearby batch sizes share one calibration
             (and every batch above the cap shares one). A larger cap buys power at a
             calibration cost of roughly ``n_resamples × (cap · d²)``
-            (about 3 minutes at 1024 rows, d = 512, on 2 CPU cores; docs/benchmarks.md).
+            (about half a minute at 1024 rows, d = 512, on 2 CPU cores; docs/benchmarks.md).
+        threads: CPU threads the guard's own statistics may use (the batch tests' null runs
+            in that many worker threads of one torch thread each; the checks of a batch with
+            that many torch threads). Default: a quarter of the available cores, 1 to 4, so
+            a guard inside a training job does not fight the trainer for cores.
+        device: where the batch tests' null is computed (e.g. ``"cuda"``); default: the
+            encoder's device when it is a GPU, else the CPU.
 
     Example:
         >>> GuardConfig(alpha=0.1).alpha_batch
@@ -92,6 +99,8 @@ class GuardConfig(BaseModel):
     min_batch_size: Annotated[int, Field(ge=2)] = 10
     max_batch_rows: Annotated[int, Field(ge=2)] = 1024
     class_mix: bool = True
+    threads: Annotated[int, Field(ge=1)] | None = None
+    device: str | None = None
 
     @field_validator("sample_checks", mode="before")
     @classmethod
@@ -109,6 +118,16 @@ class GuardConfig(BaseModel):
             )
             at = list(value).index("reference_copy") + 1
             return (*value[:at], "near_duplicate", *value[at:])
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                torch.device(value)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(f"device must be a torch device string; {error}") from None
         return value
 
     @model_validator(mode="after")

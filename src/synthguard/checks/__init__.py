@@ -39,10 +39,16 @@ from synthguard.checks._inference import (
 from synthguard.checks._null import (
     BatchContext,
     batch_inputs,
-    batch_null,
+    batch_null_exact,
     batch_values,
     comparison,
     held_out,
+)
+from synthguard.checks._resample import (
+    FLOAT32_TOLERANCE,
+    OPTIONAL_COLUMNS,
+    Precision,
+    batch_null,
 )
 from synthguard.checks._sample import (
     SAMPLE_CHECKS,
@@ -56,13 +62,16 @@ from synthguard.checks._sample import (
 __all__ = [
     "BATCH_TESTS",
     "CAPTION_DUPLICATE_COSINE",
+    "FLOAT32_TOLERANCE",
     "NULL_DESIGN",
+    "OPTIONAL_COLUMNS",
     "RESAMPLED_TESTS",
     "SAMPLE_CHECKS",
     "BatchContext",
     "BatchTest",
     "BatchTestName",
     "Direction",
+    "Precision",
     "RowsToScore",
     "SampleCalibration",
     "SampleCheck",
@@ -72,6 +81,7 @@ __all__ = [
     "TestInputs",
     "batch_inputs",
     "batch_null",
+    "batch_null_exact",
     "batch_values",
     "bound_at",
     "comparison",

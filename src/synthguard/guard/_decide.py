@@ -8,6 +8,7 @@ summary of every rank's rows.
 
 from __future__ import annotations
 
+from synthguard._threads import torch_threads
 from synthguard.guard._plan import GuardPlan
 from synthguard.guard._rows import EmbeddedRows
 from synthguard.guard._samples import decide_samples
@@ -27,14 +28,15 @@ def decide(plan: GuardPlan, rows: EmbeddedRows, shard: LocalShard | None = None)
         shard: how the batch is split across ranks (default: it is all here).
     """
     shard = shard or LocalShard()
-    outcome = decide_samples(plan, rows)
-    summary = summarise(shard, plan, rows, outcome)
-    decisions = outcome.decisions
-    report = make_report(
-        plan, summary, samples=decisions, n_relabeled=outcome.n_relabeled,
-        rejects_by_reason=count_reasons(decisions),
-        n_truncated=sum(d.truncated for d in decisions),
-    )  # fmt: skip
+    with torch_threads(plan.threads):  # the guard's own budget (GuardConfig.threads)
+        outcome = decide_samples(plan, rows)
+        summary = summarise(shard, plan, rows, outcome)
+        decisions = outcome.decisions
+        report = make_report(
+            plan, summary, samples=decisions, n_relabeled=outcome.n_relabeled,
+            rejects_by_reason=count_reasons(decisions),
+            n_truncated=sum(d.truncated for d in decisions),
+        )  # fmt: skip
     # Every rank computed the verdict from the same rows; a last collective makes sure
     # numerics (another BLAS, another GPU) did not split it: the worst verdict holds for all
     # (both collectives run on every rank, in this order).

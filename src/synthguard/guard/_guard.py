@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -77,6 +78,8 @@ class Guard:
             self._encoder = load_encoder(reference.encoder_spec)
         if self._encoder is not None:
             reference.check_encoder(self._encoder)
+            # The null goes where the encoder runs (a GPU), unless GuardConfig.device says.
+            self.plan = replace(self.plan, encoder_device=str(self._encoder.device))
 
     @property
     def reference(self) -> Reference:

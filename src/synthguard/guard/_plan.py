@@ -9,17 +9,21 @@ distributed path and the Ray pool use the same plan as ``Guard.check``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import torch
 
 from synthguard._errors import InvalidInputError
+from synthguard._threads import default_threads
 from synthguard._validation import check_label_range, describe
 from synthguard.checks import (
     BATCH_TESTS,
+    RESAMPLED_TESTS,
     SAMPLE_CHECKS,
     BatchContext,
     BatchTest,
@@ -31,6 +35,8 @@ from synthguard.config import GuardConfig
 from synthguard.reference import Reference
 
 __all__ = ["GRID", "PREDICTED_CLASS", "GuardPlan"]
+
+_LOG = logging.getLogger("synthguard")
 
 #: The concept group of the frozen model's predicted classes (``GuardConfig.class_mix``).
 PREDICTED_CLASS = "predicted_class"
@@ -58,6 +64,7 @@ class GuardPlan:
     reference: Reference
     checks: tuple[SampleCheck, ...]
     concept_banks: tuple[ConceptBank, ...] = ()
+    encoder_device: str | None = None
 
     @classmethod
     def compile(
@@ -188,13 +195,37 @@ class GuardPlan:
         """What the batch tests compare with (cached on the reference)."""
         return self.reference.batch_context(self.config.alpha, self.check_names, self.rejecting)
 
-    def null(self, rows: int) -> torch.Tensor:
-        """The resampled null at ``rows`` (cached on the reference and saved with it)."""
+    @property
+    def threads(self) -> int:
+        """CPU threads of the guard's own statistics (``GuardConfig.threads``)."""
+        return self.config.threads or default_threads()
+
+    @property
+    def null_device(self) -> str:
+        """Where the batch tests' null is computed: ``GuardConfig.device``, else the encoder's
+        GPU, else the CPU."""
+        if self.config.device is not None:
+            return self.config.device
+        gpu = self.encoder_device is not None and not self.encoder_device.startswith("cpu")
+        return self.encoder_device if gpu and self.encoder_device else "cpu"
+
+    def null(self, rows: int) -> tuple[torch.Tensor, bool]:
+        """The resampled null at ``rows`` (cached on the reference and saved with it), and
+        whether it was cached; computing it shows a progress bar and says once how to
+        precompute it."""
         cfg = self.config
-        return self.reference.batch_null(
-            rows, alpha=cfg.alpha, resamples=cfg.n_resamples, seed=cfg.seed,
-            checks=self.check_names, rejecting=self.rejecting,
-        )  # fmt: skip
+        args: dict[str, Any] = {
+            "alpha": cfg.alpha, "resamples": cfg.n_resamples, "seed": cfg.seed,
+            "checks": self.check_names, "rejecting": self.rejecting,
+            "columns": [t for t in cfg.batch_tests if t in RESAMPLED_TESTS],
+        }  # fmt: skip
+        cached = self.reference.has_batch_null(rows, **args)
+        if not cached:
+            _advise_precompute(rows)
+        null = self.reference.batch_null(
+            rows, **args, device=self.null_device, threads=self.threads, progress=not cached
+        )
+        return null, cached
 
     @property
     def support_flagged(self) -> int:
@@ -213,6 +244,23 @@ class GuardPlan:
             elif names is not None:
                 out.update(bank.counts(image, labels, len(names)))
         return out
+
+
+_ADVISED: set[str] = set()
+
+
+def _advise_precompute(rows: int) -> None:
+    """Say once per process how to avoid computing nulls during training."""
+    if "precompute" in _ADVISED:
+        return
+    _ADVISED.add("precompute")
+    _LOG.warning(
+        "synthguard: computing the batch tests' null at %d rows for this check (once per size "
+        "and reference). To do it ahead, pass batch_sizes=[...] to Reference.build / "
+        "Reference.from_embeddings, or run `synthguard reference calibrate REF --sizes ...`, "
+        'and save the reference (docs/guard.md, "Calibration ahead of time").',
+        rows,
+    )
 
 
 def _class_bank(reference: Reference) -> tuple[ConceptBank, ...]:

@@ -52,6 +52,7 @@ def make_report(
     concepts: list[ConceptDrift] = []
     risk: float | None = None
     rows = 0
+    null_cached: bool | None = None
     if summary.n_valid == 0:
         counts = ", ".join(f"{k}={v}" for k, v in rejects_by_reason.items())
         reasons.append(f"no sample could be embedded ({counts}); nothing was checked")
@@ -66,6 +67,7 @@ def make_report(
             outcome.rows,
             outcome.concepts,
         )
+        null_cached = outcome.null_cached
         reasons.extend(outcome.notes)
         reasons.extend(f"failed {m.describe()}" for m in metrics.values() if m.passed is False)
     if summary.n_valid:
@@ -100,6 +102,7 @@ def make_report(
         alpha_batch=cfg.alpha_batch,
         seed=cfg.seed,
         rows_tested=rows,
+        null_cached=null_cached,
         world_size=summary.world_size,
         n_samples_all_ranks=summary.n,
         n_accepted_all_ranks=summary.n_accepted,
@@ -116,6 +119,7 @@ def make_report(
 class _TestOutcome:
     metrics: dict[str, MetricResult] = field(default_factory=dict)
     risk: float | None = None
+    null_cached: bool | None = None
     rows: int = 0
     notes: list[str] = field(default_factory=list)
     concepts: list[ConceptDrift] = field(default_factory=list)
@@ -163,7 +167,7 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
         n_flagged=summary.n_flagged,
         support_flagged=plan.support_flagged,
     )
-    null = plan.null(rows) if distribution else None
+    null, out.null_cached = plan.null(rows) if distribution else (None, None)
     values: list[_Value] = []
     for test in plan.tests:
         if test.rows == "accepted" and null is None:
@@ -177,6 +181,12 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
         if test.null == "resampled":
             assert null is not None
             column = null[:, RESAMPLED_TESTS.index(test.name)]
+            if bool(column.isnan().all()):  # a costly opt-in test's null, computed in the family
+                out.metrics[test.name] = MetricResult(
+                    name=test.name, value=value, note="informational: not in "
+                    "GuardConfig.batch_tests (its null is computed only when it is)",
+                )  # fmt: skip
+                continue
             median = float(column.median())
             values.append(
                 _Value(test, value, empirical_p(column, value, test.direction), median, column)

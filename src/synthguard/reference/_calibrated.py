@@ -11,14 +11,17 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 
 from synthguard._errors import InvalidInputError
+from synthguard._threads import available_threads
 from synthguard._validation import check_float, check_int
 from synthguard.checks import (
+    OPTIONAL_COLUMNS,
+    RESAMPLED_TESTS,
     SAMPLE_CHECKS,
     BatchContext,
     SampleCalibration,
@@ -219,6 +222,10 @@ class CalibratedSupport:
         seed: int,
         checks: Sequence[str] | None = None,
         rejecting: Sequence[str] | None = None,
+        columns: Collection[str] | None = None,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        progress: bool = False,
     ) -> torch.Tensor:
         """``[resamples, K]`` resampled null of the distribution tests, computed once and cached.
 
@@ -226,25 +233,76 @@ class CalibratedSupport:
         them (the split design of :mod:`synthguard.checks`); columns follow
         :data:`synthguard.checks.RESAMPLED_TESTS`. Cached per size, resamples, seed, ``alpha``,
         checks and rejecting checks, and saved with the reference.
+
+        Args:
+            columns: tests whose column is needed; the costly opt-in ones
+                (:data:`synthguard.checks.OPTIONAL_COLUMNS`) are computed only when named here,
+                and added to a cached null when a later call names them. The others always are.
+            device: where the resamples are computed (``"cuda"``: stacked on the GPU).
+            threads: CPU worker threads (default: every available core; a
+                :class:`~synthguard.Guard` passes ``GuardConfig.threads``).
+            progress: show a progress bar (after a second).
         """
         calibration = self.sample_calibration(checks)
         only = calibration.names if rejecting is None else tuple(rejecting)
-        pool = self.accepted_support(alpha, calibration.names, only)
+        key, size = self._null_key(size, alpha, resamples, seed, calibration.names, only)
+        context = self.batch_context(alpha, calibration.names, only)
+        wanted = _null_columns(columns)
+        with self._lock:
+            cached = self._null_cache.get(key)
+            missing = wanted if cached is None else _missing(cached, wanted)
+            if missing:
+                fresh = batch_null(
+                    context, size, resamples, seed,
+                    columns=missing if cached is not None else wanted,
+                    device=device, threads=available_threads() if threads is None else threads,
+                    progress=progress,
+                )  # fmt: skip
+                if cached is not None:  # add the new columns to the cached ones
+                    at = [RESAMPLED_TESTS.index(name) for name in sorted(missing)]
+                    merged = cached.clone()
+                    merged[:, at] = fresh[:, at]
+                    fresh = merged
+                self._null_cache[key] = fresh
+            return self._null_cache[key]
+
+    def has_batch_null(
+        self,
+        size: int,
+        *,
+        alpha: float,
+        resamples: int,
+        seed: int,
+        checks: Sequence[str] | None = None,
+        rejecting: Sequence[str] | None = None,
+        columns: Collection[str] | None = None,
+    ) -> bool:
+        """Whether :meth:`batch_null` with these arguments reads its cache (computes nothing)."""
+        calibration = self.sample_calibration(checks)
+        only = calibration.names if rejecting is None else tuple(rejecting)
+        key, _ = self._null_key(size, alpha, resamples, seed, calibration.names, only)
+        with self._lock:
+            cached = self._null_cache.get(key)
+            return cached is not None and not _missing(cached, _null_columns(columns))
+
+    def _null_key(
+        self,
+        size: int,
+        alpha: float,
+        resamples: int,
+        seed: int,
+        names: tuple[str, ...],
+        only: tuple[str, ...],
+    ) -> tuple[str, int]:
+        pool = self.accepted_support(alpha, names, only)
         size = check_int("size", size, minimum=2)
         if size > pool.numel() // 2:
             raise InvalidInputError(
                 f"size must be <= {pool.numel() // 2} (half the accepted support) for "
                 f"real-vs-real resamples; got {size}"
             )
-        key = (
-            f"{size}/{resamples}/{seed}/{float(alpha)!r}/"
-            f"{','.join(calibration.names)}/{','.join(only)}"
-        )
-        context = self.batch_context(alpha, calibration.names, only)
-        with self._lock:
-            if key not in self._null_cache:
-                self._null_cache[key] = batch_null(context, size, resamples, seed)
-            return self._null_cache[key]
+        key = f"{size}/{resamples}/{seed}/{float(alpha)!r}/{','.join(names)}/{','.join(only)}"
+        return key, size
 
     def _cmmd_kernel(self) -> torch.Tensor:
         rows = self.support_image[: self.cmmd_rows]
@@ -299,6 +357,25 @@ class CalibratedSupport:
             caption_tokens=self.support_caption_tokens,
         )
         return support_badness(support, checks)
+
+
+def _null_columns(columns: Collection[str] | None) -> set[str]:
+    """The null columns to compute: every one but the unnamed optional ones."""
+    named = set() if columns is None else set(columns)
+    unknown = named - set(RESAMPLED_TESTS)
+    if unknown:
+        raise InvalidInputError(
+            f"columns must name resampled tests {list(RESAMPLED_TESTS)}; got {sorted(unknown)}"
+        )
+    return (set(RESAMPLED_TESTS) - OPTIONAL_COLUMNS) | named
+
+
+def _missing(cached: torch.Tensor, wanted: set[str]) -> set[str]:
+    """Optional columns of a cached null that were never computed (all NaN)."""
+    return {
+        name for name in wanted & OPTIONAL_COLUMNS
+        if bool(cached[:, RESAMPLED_TESTS.index(name)].isnan().all())
+    }  # fmt: skip
 
 
 def _check_alpha(alpha: Any) -> float:

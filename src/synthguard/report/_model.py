@@ -136,6 +136,9 @@ class GuardReport(BaseModel):
         alpha / alpha_batch / seed: the error rates and seed used.
         rows_tested: rows the batch metrics used (after dropping unembeddable samples and
             subsampling above ``max_batch_rows``).
+        null_cached: whether the batch tests' null at ``rows_tested`` was read from the
+            reference (``True``) or computed for this check (``False``; precompute it with
+            ``Reference.build(batch_sizes=...)``); ``None`` when no resampled test ran.
         reference: what the batch was compared with (encoder digest, pairs, support).
         concepts: per concept-bank group, the batch's concept mix against the reference's
             (:class:`~synthguard.ConceptDrift`), when the guard has concept banks.
@@ -165,6 +168,7 @@ class GuardReport(BaseModel):
     alpha_batch: float
     seed: int
     rows_tested: int
+    null_cached: bool | None = None
     reference: dict[str, Any]
     concepts: dict[str, ConceptDrift] = {}
     concepts_by_class: dict[str, dict[str, ConceptDrift]] = {}
