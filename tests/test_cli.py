@@ -117,12 +117,46 @@ def test_usage_and_input_errors_exit_2(workspace: dict[str, Path], capsys: Any) 
 
 
 @pytest.mark.parametrize(
-    "argv", [["demo"], ["reference", "build"], ["check"], ["bench"]], ids=lambda a: a[-1]
+    "argv",
+    [["demo"], ["reference", "build"], ["reference", "calibrate"], ["check"], ["bench"]],
+    ids=lambda a: a[-1],
 )
 def test_every_command_documents_an_example(argv: list[str], capsys: Any) -> None:
     with pytest.raises(SystemExit):
         main([*argv, "--help"])
     assert "example:" in capsys.readouterr().out
+
+
+def test_calibrate_ahead_then_check_reads_the_saved_null(
+    workspace: dict[str, Path], capsys: Any
+) -> None:
+    """`reference calibrate` writes the nulls a later `check` (same flags) reads: the report
+    says it was cached; --out leaves the original untouched; bad sizes exit 2."""
+    root = workspace["root"]
+    ahead = root / "ahead.sgref"
+    before = workspace["reference"].read_bytes()
+    code = main([
+        "reference", "calibrate", str(workspace["reference"]), "--sizes", "100",
+        "--alpha", "0.1", "--out", str(ahead), "--threads", "1",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "calibrated batch tests at" in capsys.readouterr().out
+    assert workspace["reference"].read_bytes() == before  # --out: the input is not rewritten
+    code = main([
+        "check", "--reference", str(ahead), "--input", str(workspace["fresh"]),
+        "--alpha", "0.1", "--out", str(root / "cached.json"),
+    ])  # fmt: skip
+    report = json.loads((root / "cached.json").read_text())
+    assert code == (0 if report["accepted"] else 1)
+    assert report["null_cached"] is True, report["rows_tested"]
+    main(["check", "--reference", str(ahead), "--input", str(workspace["fresh"]),
+          "--out", str(root / "fresh.json")])  # fmt: skip
+    assert json.loads((root / "fresh.json").read_text())["null_cached"] is False  # other alpha
+    for bad in ("0", "ten", ""):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["reference", "calibrate", str(ahead), "--sizes", bad])
+        assert exit_info.value.code == 2
+    assert "batch sizes" in capsys.readouterr().err
 
 
 def test_bench_reports_ratios(capsys: Any) -> None:

@@ -215,7 +215,7 @@ def _products(
     m = idx.shape[1]
     n = tables.count - m
     x = tables.image_c[idx]  # [B, m, d]
-    thin = m < x.shape[2]
+    thin = m <= x.shape[2]  # Σ_x (rank ≤ m − 1) is singular
     out: dict[str, torch.Tensor] = {}
     # [B, m, m]: CMMD's kernel, and Vendi's spectrum when m < d
     gram = x @ x.transpose(1, 2) if "cmmd" in wanted or thin else None
@@ -231,7 +231,7 @@ def _products(
         ref_tv = _total_variance(tables.trace - tables.sq[idx].sum(dim=1), ref_sum, n)
         traces = batch_tv * m / (m - 1) + ref_tv * n / (n - 1)
         diff = batch_sum / m - ref_sum / n
-        if thin:  # Σ_x is singular: float32 would leave √(rounding) in its null space
+        if thin:  # float32 would leave √(rounding) in Σ_x's null space
             rows = tables.image[idx]
             centred = rows - rows.mean(dim=1, keepdim=True)
             root = _trace_sqrt_thin(centred, _cov(ref_outer.double(), ref_sum, n))
@@ -281,7 +281,7 @@ def _trace_sqrt_product(cov_x: torch.Tensor, cov_y: torch.Tensor) -> torch.Tenso
 
 
 def _trace_sqrt_thin(centred: torch.Tensor, cov_y: torch.Tensor) -> torch.Tensor:
-    """``[B]`` the same trace for ``m < d`` from the ``m × m`` matrix ``X_c R Rᵀ X_cᵀ/(m−1)``
+    """``[B]`` the same trace for ``m ≤ d`` from the ``m × m`` matrix ``X_c R Rᵀ X_cᵀ/(m−1)``
     (``Σ_y = R Rᵀ``, ``X_c`` the centred rows), in float64: its eigenvalues are the non-zero
     ones of ``Σ_y^½ Σ_x Σ_y^½``."""
     cov_y = (cov_y + cov_y.transpose(1, 2)) / 2

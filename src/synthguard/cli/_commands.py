@@ -1,4 +1,4 @@
-"""The ``synthguard`` command line: ``demo``, ``reference build``, ``check``, ``bench``.
+"""The ``synthguard`` command line: ``demo``, ``reference build|calibrate``, ``check``, ``bench``.
 
 Exit codes: 0 success (``check``: batch accepted), 1 batch rejected (``check``), 2 usage or
 input error (argparse's convention).
@@ -28,10 +28,16 @@ _EXAMPLES = {
       --out real.sgref
   synthguard reference build --input real.tar --encoder bundled:digits --out digits.sgref \\
       --label-names zero,one,two,three,four,five,six,seven,eight,nine \\
-      --template "a handwritten digit {name}"
+      --template "a handwritten digit {name}" --calibrate-sizes 64,256
 
 INPUT: a folder with captions.jsonl (or .csv), WebDataset .tar shards (img2dataset layout)
 or a .parquet file; see synthguard.sources.""",
+    "calibrate": """example:
+  synthguard reference calibrate digits.sgref --sizes 64,256,1024   # rewrites digits.sgref
+  synthguard reference calibrate digits.sgref --sizes 512 --alpha 0.1 --out ci.sgref
+
+The nulls are computed for the GuardConfig of `synthguard check` with the same --alpha,
+--alpha-batch and --seed; each size brings its grid size and the one below.""",
     "check": """example:
   synthguard check --reference real.sgref --input synthetic.tar --out report.json \\
       --html report.html --write-accepted accepted.tar
@@ -82,6 +88,24 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     build.add_argument("--template", default="a photo of a {name}", help="zero-shot template")
     build.add_argument("--support-size", type=int, default=10_000, help="support pairs kept")
+    build.add_argument(
+        "--calibrate-sizes", type=_sizes, default=(), metavar="N,N,...",
+        help="batch sizes whose batch-test nulls are computed now and saved (default config)",
+    )  # fmt: skip
+    build.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    calibrate = add(
+        ref_commands, "calibrate", "calibrate",
+        "compute batch-test nulls ahead and save them into the reference",
+    )  # fmt: skip
+    calibrate.add_argument("reference", help="reference file (.sgref), rewritten atomically")
+    calibrate.add_argument(
+        "--sizes", type=_sizes, required=True, metavar="N,N,...",
+        help="sizes of the batches that will be checked",
+    )  # fmt: skip
+    calibrate.add_argument("--out", help="write here instead of over the reference")
+    calibrate.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    calibrate.add_argument("--device", default="cpu", help="where to compute, e.g. cuda")
+    _config_flags(calibrate)
 
     check = add(commands, "check", "check", "check synthetic pairs against a reference")
     check.add_argument("--reference", required=True, help="reference file (.sgref)")
@@ -90,12 +114,30 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--out", help="write the JSON report here")
     check.add_argument("--html", help="write the HTML report here")
     check.add_argument("--write-accepted", help="write accepted, relabeled pairs (same layout)")
-    check.add_argument("--alpha", type=float, default=0.05, help="per-sample false-reject rate")
-    check.add_argument("--alpha-batch", type=float, default=0.01, help="batch family-wise level")
-    check.add_argument("--seed", type=int, default=0, help="seed of resamples and subsamples")
+    check.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    _config_flags(check)
 
     add(commands, "bench", "bench", "measure the guard's overhead against embedding")
     return parser
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    """The GuardConfig flags a null depends on (``check`` and ``calibrate`` must agree)."""
+    parser.add_argument("--alpha", type=float, default=0.05, help="per-sample false-reject rate")
+    parser.add_argument("--alpha-batch", type=float, default=0.01, help="batch family-wise level")
+    parser.add_argument("--seed", type=int, default=0, help="seed of resamples and subsamples")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated batch sizes like 64,256,1024; got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 2; got {text!r}")
+    return sizes
 
 
 #: Exit code of an unexpected (internal) error: neither "accepted" (0), "not accepted" (1) nor a
@@ -110,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command == "reference":
-            return _build(args)
+            return _build(args) if args.reference_command == "build" else _calibrate(args)
         if args.command == "check":
             return _check(args)
         return _bench()
@@ -161,6 +203,9 @@ def _build(args: argparse.Namespace) -> int:
         labels=batch.labels if names else None, label_names=names,
         label_templates=args.template, ids=batch.ids, support_size=args.support_size,
     )  # fmt: skip
+    if args.calibrate_sizes:
+        sizes = ref.calibrate(args.calibrate_sizes, threads=args.threads)
+        print(f"calibrated batch tests at {', '.join(map(str, sizes))} rows")
     path = ref.save(args.out)
     checks = ", ".join(ref.calibration.names)
     skipped = sum(ref.skipped.values())
@@ -169,7 +214,23 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from synthguard.config import GuardConfig
+    from synthguard.reference import Reference
+
+    target = args.out or args.reference
+    if args.out:
+        _check_output("--out", args.out, args.reference)
+    reference = Reference.load(args.reference)
+    config = GuardConfig(alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed)
+    sizes = reference.calibrate(args.sizes, config, threads=args.threads, device=args.device)
+    path = reference.save(target)
+    print(f"calibrated batch tests at {', '.join(map(str, sizes))} rows -> {path}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
+    from synthguard._threads import available_threads
     from synthguard.config import GuardConfig
     from synthguard.encoders import load_encoder
     from synthguard.guard import Guard
@@ -183,7 +244,10 @@ def _check(args: argparse.Namespace) -> int:
             _check_output(flag, value, args.input)
     encoder = load_encoder(args.encoder) if args.encoder else None
     reference = Reference.load(args.reference, encoder=encoder)
-    config = GuardConfig(alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed)
+    config = GuardConfig(
+        alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed,
+        threads=args.threads or available_threads(),  # offline: every core by default
+    )  # fmt: skip
     guard = Guard(reference, config, encoder=encoder)
     batch = read_pairs(args.input)
     report = guard.check(batch)

@@ -209,16 +209,20 @@ class GuardPlan:
         gpu = self.encoder_device is not None and not self.encoder_device.startswith("cpu")
         return self.encoder_device if gpu and self.encoder_device else "cpu"
 
-    def null(self, rows: int) -> tuple[torch.Tensor, bool]:
-        """The resampled null at ``rows`` (cached on the reference and saved with it), and
-        whether it was cached; computing it shows a progress bar and says once how to
-        precompute it."""
+    def null_arguments(self) -> dict[str, Any]:
+        """What the null depends on: the arguments of :meth:`Reference.batch_null`."""
         cfg = self.config
-        args: dict[str, Any] = {
+        return {
             "alpha": cfg.alpha, "resamples": cfg.n_resamples, "seed": cfg.seed,
             "checks": self.check_names, "rejecting": self.rejecting,
             "columns": [t for t in cfg.batch_tests if t in RESAMPLED_TESTS],
         }  # fmt: skip
+
+    def null(self, rows: int) -> tuple[torch.Tensor, bool]:
+        """The resampled null at ``rows`` (cached on the reference and saved with it), and
+        whether it was cached; computing it shows a progress bar and says once how to
+        precompute it."""
+        args = self.null_arguments()
         cached = self.reference.has_batch_null(rows, **args)
         if not cached:
             _advise_precompute(rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,7 @@ from synthguard.batch import PairBatch, as_sample_list
 from synthguard.checks import NULL_DESIGN, RESAMPLED_TESTS
 from synthguard.concepts import ConceptBank
 from synthguard.encoders import Encoder, EncoderFingerprint, load_encoder
+from synthguard.reference._ahead import calibrate_ahead
 from synthguard.reference._build import (
     embed_into,
     new_stats,
@@ -33,6 +34,9 @@ from synthguard.reference._build import (
 from synthguard.reference._calibrated import CalibratedSupport
 from synthguard.reference._codec import ReferenceState, decode, encode
 from synthguard.stats import EmbeddingStats
+
+if TYPE_CHECKING:
+    from synthguard.config import GuardConfig
 
 __all__ = ["Reference"]
 
@@ -133,6 +137,7 @@ class Reference(CalibratedSupport):
         support_size: int = 10_000,
         seed: int = 0,
         chunk_size: int = 4096,
+        batch_sizes: Sequence[int] = (),
     ) -> Reference:
         """Embed real pairs (in chunks, memory bounded by ``support_size``) and calibrate.
 
@@ -148,6 +153,9 @@ class Reference(CalibratedSupport):
             support_size: real pairs kept for the k-NN checks and resamples.
             seed: seed of the support sample.
             chunk_size: pairs embedded per chunk.
+            batch_sizes: sizes of the batches guards will check: their batch tests' nulls
+                are computed now (default :class:`~synthguard.GuardConfig`; every core;
+                :meth:`calibrate` for another config) and saved with the reference.
 
         Samples that cannot be embedded are left out with a warning and counted in
         :attr:`skipped` (real data should embed; the count says if it did not).
@@ -170,6 +178,8 @@ class Reference(CalibratedSupport):
             stats, enc, enc.fingerprint, spec, k, label_names, label_templates, tokens=tokens
         )
         ref.skipped = skipped
+        if batch_sizes:
+            ref.calibrate(batch_sizes)
         return ref
 
     @classmethod
@@ -189,12 +199,13 @@ class Reference(CalibratedSupport):
         k: int = 5,
         support_size: int = 10_000,
         seed: int = 0,
+        batch_sizes: Sequence[int] = (),
     ) -> Reference:
         """A reference from real pairs embedded elsewhere (``[n, d]`` rows, L2-normalised here).
 
         The label check needs class embeddings: pass ``class_embeddings`` (``[C, d]``) or an
         ``encoder`` to embed the ``label_templates``; without either it is off. The fingerprint
-        defaults to the encoder's.
+        defaults to the encoder's. ``batch_sizes``: as in :meth:`build`.
         """
         image = unit_rows("image_embeddings", image_embeddings)
         text = unit_rows("text_embeddings", text_embeddings, dim=image.shape[1])
@@ -207,10 +218,13 @@ class Reference(CalibratedSupport):
             fingerprint = encoder.fingerprint
         stats = new_stats(image.shape[1], fingerprint, support_size, seed, label_names, labels)
         stats.update(image, text, labels=labels, ids=ids)
-        return cls._finish(
+        ref = cls._finish(
             stats, encoder, fingerprint, _spec_of(encoder), k, label_names, label_templates,
             class_embeddings, logit_scale,
         )  # fmt: skip
+        if batch_sizes:
+            ref.calibrate(batch_sizes)
+        return ref
 
     @classmethod
     def _finish(
@@ -237,6 +251,40 @@ class Reference(CalibratedSupport):
         )  # fmt: skip
         ref.encoder = encoder
         return ref
+
+    def calibrate(
+        self,
+        batch_sizes: Sequence[int],
+        config: GuardConfig | None = None,
+        *,
+        concept_banks: Sequence[ConceptBank] = (),
+        threads: int | None = None,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> tuple[int, ...]:
+        """Compute ahead the batch tests' nulls that guards with ``config`` need for batches of
+        ``batch_sizes`` samples (each size's grid size and the one below); returns the row
+        counts calibrated. Save the reference afterwards to keep them.
+
+        Args:
+            batch_sizes: sizes of the batches that will be checked.
+            config: the guards' configuration (default :class:`~synthguard.GuardConfig`).
+            concept_banks: the guards' extra concept banks (they size the Holm family).
+            threads: CPU worker threads (default: every available core).
+            device: where to compute (``"cuda"``: on the GPU).
+            progress: show a progress bar per size.
+
+        Example:
+            >>> import torch, synthguard as sg
+            >>> x = torch.nn.functional.normalize(torch.randn(400, 8), dim=1)
+            >>> ref = sg.Reference.from_embeddings(x, x)
+            >>> ref.calibrate([64], progress=False)
+            (54, 64)
+        """
+        return calibrate_ahead(
+            self, batch_sizes, config, concept_banks=concept_banks, threads=threads,
+            device=device, progress=progress,
+        )  # fmt: skip
 
     def add_concept_bank(self, bank: ConceptBank) -> None:
         """Keep ``bank`` with the reference (saved with it; guards use it by default).
