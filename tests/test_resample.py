@@ -188,9 +188,7 @@ def test_optional_columns_are_computed_when_named_and_added_to_a_cache() -> None
     others = [j for j in range(len(RESAMPLED_TESTS)) if j != at]
     torch.testing.assert_close(full[:, others], base[:, others], rtol=0, atol=0, equal_nan=True)
     assert reference.has_batch_null(12, **args, columns=["text_vendi_ratio"])
-    alone = batch_null(
-        reference.batch_context(0.05), 12, 19, 5, columns=RESAMPLED_TESTS, threads=1
-    )
+    alone = batch_null(reference.batch_context(0.05), 12, 19, 5, columns=RESAMPLED_TESTS, threads=1)
     assert math.isclose(float(alone[:, at].sum()), float(full[:, at].sum()), rel_tol=1e-12)
     with pytest.raises(sg.InvalidInputError, match="columns"):
         reference.batch_null(12, **args, columns=["coverge"])
