@@ -7,7 +7,10 @@ What it checks (exits non-zero on a failed check) and measures:
    the results equal the batch-256 results;
 3. throughput, ViT-B-32 fp16, batch 256: bare ``encode_image`` on device tensors (the limit),
    synthguard from pre-decoded PIL images, and synthguard from JPEG files (decode-bound);
-   compare the bare number with timm's published figure for the vision tower.
+   compare the bare number with timm's published figure for the vision tower;
+4. the batch tests' null on the GPU (``batch_null(device="cuda")``): 1,024 rows, d = 512, a
+   10,000-row support, R = 1,000; its first resamples equal the CPU path's within
+   ``FLOAT32_TOLERANCE``; seconds, and the CPU path's seconds per resample for the ratio.
 
 Usage (on the GPU machine, from the repository root, in the project's venv):
     python benchmarks/gpu_check.py --n-images 2048
@@ -108,7 +111,41 @@ def main() -> int:
             ("synthguard JPEG", t_files),
         ):
             print(f"| {name} | {n / t:.0f} | {t_bare / t:.3f} |")
+    failures += _calibration()
     return 1 if failures else 0
+
+
+def _calibration() -> int:
+    """Check 4: the null on the GPU, against the CPU path on the same draws."""
+    from bench_calibration import _mixture
+
+    from synthguard.checks import FLOAT32_TOLERANCE, RESAMPLED_TESTS, batch_null
+
+    image, text = _mixture(10_000, 512, 0)
+    ctx = sg.Reference.from_embeddings(image, text).batch_context(sg.GuardConfig().alpha)
+    start = time.perf_counter()
+    cpu = batch_null(ctx, 1024, 16, 0, threads=torch.get_num_threads())
+    cpu_each = (time.perf_counter() - start) / 16
+    batch_null(ctx, 1024, 64, 0, device="cuda")  # warm-up: tables, kernels
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    gpu = batch_null(ctx, 1024, 1000, 0, device="cuda")
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    worst = 0.0
+    for j in range(len(RESAMPLED_TESTS)):
+        a, b = gpu[:16, j], cpu[:, j]
+        finite = ~b.isnan()
+        if finite.any():
+            scale = max(float(b[finite].abs().max()), 1e-12)
+            worst = max(worst, float((a[finite] - b[finite]).abs().max()) / scale)
+    ok = worst <= FLOAT32_TOLERANCE
+    print(
+        f"[{'ok' if ok else 'FAIL'}] null on the GPU: 1024 rows, R = 1000 in {seconds:.1f} s "
+        f"(CPU path {cpu_each:.3f} s per resample, {cpu_each * 1000 / seconds:.0f}x); "
+        f"largest relative difference from the CPU path {worst:.1e}"
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
