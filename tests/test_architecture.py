@@ -137,7 +137,7 @@ def test_the_module_graph_has_no_cycles() -> None:
 
 #: The layers of docs/design.md, bottom first: a module imports only its own or lower layers.
 LAYERS = [
-    "_errors", "_reasons", "_validation", "_io", "stats", "functional", "batch", "datasets",
+    "_errors", "_reasons", "_validation", "_io", "_threads", "stats", "functional", "batch", "datasets",
     "encoders", "relabel", "concepts", "checks", "config", "reference", "report", "guard",
     "monitor", "sources", "_testing", "integrations", "cli",
 ]  # fmt: skip
@@ -190,7 +190,7 @@ def test_root_private_modules_are_few_and_named() -> None:
     private = sorted(
         p.stem for p in PACKAGE.iterdir() if p.name.startswith("_") and p.name != "__init__.py"
     )
-    assert private == ["_errors", "_io", "_reasons", "_testing", "_validation"]
+    assert private == ["_errors", "_io", "_reasons", "_testing", "_threads", "_validation"]
 
 
 def test_code_cites_only_files_in_the_repository() -> None:

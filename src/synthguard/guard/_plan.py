@@ -23,7 +23,6 @@ from synthguard._threads import default_threads
 from synthguard._validation import check_label_range, describe
 from synthguard.checks import (
     BATCH_TESTS,
-    RESAMPLED_TESTS,
     SAMPLE_CHECKS,
     BatchContext,
     BatchTest,
@@ -33,18 +32,11 @@ from synthguard.checks import (
 from synthguard.concepts import ConceptBank
 from synthguard.config import GuardConfig
 from synthguard.reference import Reference
+from synthguard.reference._ahead import GRID, PREDICTED_CLASS, NullSpec, grid_size, null_spec
 
 __all__ = ["GRID", "PREDICTED_CLASS", "GuardPlan"]
 
 _LOG = logging.getLogger("synthguard")
-
-#: The concept group of the frozen model's predicted classes (``GuardConfig.class_mix``).
-PREDICTED_CLASS = "predicted_class"
-
-#: Sizes the batch tests run at: a geometric grid (ratio 2^¼). A batch is subsampled (seeded) to
-#: the largest grid size it reaches, so batches whose accepted counts differ by a few samples
-#: share one cached null distribution instead of recalibrating (at most 16% of rows unused).
-GRID = tuple(sorted({round(2 ** (k / 4)) for k in range(4, 4 * 24)}))
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,14 +92,12 @@ class GuardPlan:
         if config.class_mix and PREDICTED_CLASS not in groups:
             banks = (*banks, *_class_bank(reference))
             groups = [g for bank in banks for g in bank.groups]
-        # The given-label mix joins the family for labelled batches (GuardConfig.class_mix).
-        label_mix = int(config.class_mix and reference.stats.num_labels is not None)
-        family = len(config.batch_tests) + len(groups) + label_mix
-        needed = math.ceil(family / config.alpha_batch - 1e-9) - 1
-        if config.n_resamples < needed and "n_resamples" not in config.model_fields_set:
-            # The default adapts to the family (concept groups, class mix); a value the user
-            # set is checked instead.
-            config = config.model_copy(update={"n_resamples": needed})
+        # The given-label mix joins the family for labelled batches (GuardConfig.class_mix);
+        # a default n_resamples adapts to the family, one the user set is checked.
+        spec = null_spec(reference, config, groups, class_bank=False)
+        family = spec.family
+        if spec.resamples != config.n_resamples:
+            config = config.model_copy(update={"n_resamples": spec.resamples})
         if family and (config.n_resamples + 1) * config.alpha_batch / family < 1:
             raise InvalidInputError(
                 f"n_resamples must be >= {math.ceil(family / config.alpha_batch) - 1} for "
@@ -144,8 +134,13 @@ class GuardPlan:
     def rejecting(self) -> tuple[str, ...]:
         """Checks whose flag rejects a sample: a relabeled (or kept) label disagreement
         does not, unless ``label_policy="reject"``."""
-        reject_labels = self.config.label_policy == "reject"
-        return tuple(c.name for c in self.checks if not c.label_policy or reject_labels)
+        return self.null_spec.rejecting
+
+    @cached_property
+    def null_spec(self) -> NullSpec:
+        """What the batch tests' nulls depend on (shared with ``Reference.calibrate``)."""
+        groups = [g for bank in self.concept_banks for g in bank.groups]
+        return null_spec(self.reference, self.config, groups, class_bank=False)
 
     @cached_property
     def calibration(self) -> SampleCalibration:
@@ -185,11 +180,11 @@ class GuardPlan:
 
     def rows_for(self, accepted: int) -> int:
         """Rows the distribution tests use for ``accepted`` accepted samples (0: too few)."""
-        return _cap(accepted, self.config.max_batch_rows, self.accepted_support.numel() // 2)
+        return grid_size(accepted, self.config.max_batch_rows, self.accepted_support.numel() // 2)
 
     def duplicate_rows_for(self, valid: int) -> int:
         """Rows the duplicate-rate test uses for ``valid`` embeddable samples (0: too few)."""
-        return _cap(valid, self.config.max_batch_rows, self.reference.n_support // 2)
+        return grid_size(valid, self.config.max_batch_rows, self.reference.n_support // 2)
 
     def context(self) -> BatchContext:
         """What the batch tests compare with (cached on the reference)."""
@@ -211,12 +206,7 @@ class GuardPlan:
 
     def null_arguments(self) -> dict[str, Any]:
         """What the null depends on: the arguments of :meth:`Reference.batch_null`."""
-        cfg = self.config
-        return {
-            "alpha": cfg.alpha, "resamples": cfg.n_resamples, "seed": cfg.seed,
-            "checks": self.check_names, "rejecting": self.rejecting,
-            "columns": [t for t in cfg.batch_tests if t in RESAMPLED_TESTS],
-        }  # fmt: skip
+        return self.null_spec.arguments()
 
     def null(self, rows: int) -> tuple[torch.Tensor, bool]:
         """The resampled null at ``rows`` (cached on the reference and saved with it), and
@@ -284,9 +274,3 @@ def _class_bank(reference: Reference) -> tuple[ConceptBank, ...]:
     )
     bank.calibrate(reference.support_image)
     return (bank,)
-
-
-def _cap(n: int, *limits: int) -> int:
-    """The largest grid size not above ``n`` or any limit (0 when below the grid)."""
-    top = min(n, *limits)
-    return max((g for g in GRID if g <= top), default=0)

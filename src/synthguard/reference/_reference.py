@@ -282,8 +282,8 @@ class Reference(CalibratedSupport):
             (54, 64)
         """
         return calibrate_ahead(
-            self, batch_sizes, config, concept_banks=concept_banks, threads=threads,
-            device=device, progress=progress,
+            self, batch_sizes, config, concept_banks=(*self.concept_banks, *concept_banks),
+            threads=threads, device=device, progress=progress,
         )  # fmt: skip
 
     def add_concept_bank(self, bank: ConceptBank) -> None:
