@@ -145,7 +145,7 @@ def open_regular(
     if max_bytes is not None and before.st_size > max_bytes:
         raise _too_large(what, given, before.st_size, max_bytes)
     # O_NONBLOCK: should the path have become a FIFO since the stat, open returns at once.
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     if contained:
         flags |= getattr(os, "O_NOFOLLOW", 0)  # resolved: a symlink now is a swap
     try:
