@@ -206,7 +206,7 @@ def test_an_internal_error_has_its_own_exit_code_and_no_traceback(
     """Issue 16: a bug exited 1 ("batch rejected") with a traceback."""
     import synthguard.sources
 
-    def broken(path: Any) -> Any:
+    def broken(path: Any, **options: Any) -> Any:
         raise RuntimeError("something inside broke")
 
     monkeypatch.setattr(synthguard.sources, "read_pairs", broken)

@@ -74,6 +74,7 @@ def test_log_is_atomic_and_resumable(tmp_path: Path) -> None:
     first = sg.CollapseMonitor(path)
     first.log(0, {"coverage": 1.0}, extra={"accuracy": 0.97})
     first.log(1, {"coverage": 0.9})
+    first.close()  # one writer per file: the lock file goes with it
     assert [p.name for p in tmp_path.iterdir()] == ["loop.jsonl"]
     resumed = sg.CollapseMonitor(path)
     assert resumed.next_generation == 2

@@ -115,6 +115,8 @@ TORCH_INTEGRATION = {"GuardedCollate", "GuardedDataset", "samples_to_batch"}
 
 REASON_CODES = {
     "unreadable_image",
+    "image_too_large",
+    "outside_input",
     "empty_caption",
     "unreadable_caption",
     "encoding_failed",

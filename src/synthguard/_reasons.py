@@ -15,7 +15,8 @@ class ReasonCode(str, Enum):
     """
 
     UNREADABLE_IMAGE = "unreadable_image"
-    """The image could not be opened, decoded or converted (corrupt, missing, too large, ...)."""
+    """The image could not be opened, decoded or converted (corrupt, missing, not a regular
+    file, ...)."""
     EMPTY_CAPTION = "empty_caption"
     """The caption is None, empty or whitespace only."""
     UNREADABLE_CAPTION = "unreadable_caption"
@@ -34,6 +35,14 @@ class ReasonCode(str, Enum):
     """The image is closer to a reference image than real samples get: a likely copy."""
     LONG_CAPTION = "long_caption"
     """The caption has more tokens than real captions get (opt-in check ``long_caption``)."""
+    # Appended, not inserted: tuple(ReasonCode) indexes the Ray pool's count tables.
+    IMAGE_TOO_LARGE = "image_too_large"
+    """The image is over a size limit: more encoded bytes than ``max_image_bytes``, more pixels
+    than ``max_image_pixels`` (decompression bombs), or an aspect ratio above
+    ``max_image_aspect`` (the model's resize of its short side would build a huge image)."""
+    OUTSIDE_INPUT = "outside_input"
+    """The image's path leads outside the input the user named: a symlink leaving the folder,
+    or a Parquet path that is absolute or contains ``..`` (see ``follow_symlinks``)."""
 
     def __str__(self) -> str:
         return self.value

@@ -1,7 +1,9 @@
 """CollapseMonitor: metrics across generations of a self-consuming loop, trends and warnings.
 
 One record per generation goes to a JSONL file, rewritten atomically on every ``log`` (a crash
-leaves the previous file intact and a new monitor on the same path resumes from it). Every
+leaves the previous file intact and a new monitor on the same path resumes from it). A monitor
+is the file's one writer: it holds an exclusive lock (``.NAME.lock`` beside it) from creation to
+:meth:`~CollapseMonitor.close`, and ``log`` may be called from several threads. Every
 record is compared with generation 0 (real data) and with the previous generation; each
 metric gets a trend test (Mann–Kendall, i.e. Kendall's τ against the generation index, with
 Theil–Sen slope) over the generations so far, and a *sustained* move in the collapse direction
@@ -10,8 +12,11 @@ raises an early warning: diversity and coverage falling, distances to the refere
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy import stats as scipy_stats
 
 from synthguard._errors import CorruptFileError, InvalidInputError
-from synthguard._io import atomic_write_text
+from synthguard._io import WriterLock, atomic_write_text, read_file
 from synthguard._validation import check_float, check_int, describe
 from synthguard.functional import collapse_metrics
 from synthguard.reference import Reference
@@ -112,12 +117,20 @@ class CollapseMonitor:
             relative change of a few percent means nothing) needs to be at least this far
             (relative) above generation 0: 1.0 means doubled.
 
+    Raises:
+        InvalidInputError: another monitor (in this process or another) has ``path`` open;
+            close it first. Two writers would overwrite each other's records.
+        CorruptFileError: ``path`` exists but is not a monitor log.
+
+    The lock is released by :meth:`close`, at the end of a ``with`` block, or when the monitor
+    is garbage-collected; a killed process releases it too.
+
     Example:
         >>> import tempfile, pathlib
         >>> log = pathlib.Path(tempfile.mkdtemp()) / "loop.jsonl"
-        >>> monitor = CollapseMonitor(log)
-        >>> for g, v in enumerate([1.0, 0.97, 0.93, 0.9, 0.86]):
-        ...     _ = monitor.log(g, {"variance_ratio": v})
+        >>> with CollapseMonitor(log) as monitor:
+        ...     for g, v in enumerate([1.0, 0.97, 0.93, 0.9, 0.86]):
+        ...         _ = monitor.log(g, {"variance_ratio": v})
         >>> [w.metric for w in monitor.warnings][:1]
         ['variance_ratio']
         >>> CollapseMonitor(log).next_generation  # resumed from the file
@@ -138,7 +151,30 @@ class CollapseMonitor:
         self.window = check_int("window", window, minimum=3)
         self.min_change = check_float("min_change", min_change, low=0.0)
         self.min_rise = check_float("min_rise", min_rise, low=0.0)
-        self.records: list[dict[str, Any]] = self._read()
+        # Taken before reading, so nobody can write between our read and our first write.
+        self._lock = WriterLock(self.path, owner="CollapseMonitor")
+        self._thread_lock = threading.RLock()  # log() from several threads: one at a time
+        try:
+            self.records: list[dict[str, Any]] = self._read()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the file for other writers; :meth:`log` then raises (reading still works)."""
+        with self._thread_lock:
+            self._lock.release()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the file is no longer locked by this monitor)."""
+        return not self._lock.held
+
+    def __enter__(self) -> CollapseMonitor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def next_generation(self) -> int:
@@ -167,15 +203,31 @@ class CollapseMonitor:
                 summarised into the record; each concept group's mean Jensen–Shannon
                 divergence becomes a metric ``concept_js/<group>``, tracked like the others).
             extra: any JSON-serialisable values to keep (e.g. downstream accuracy).
+
+        Raises:
+            InvalidInputError: a wrong generation, a metric that is not a number, an ``extra``
+                that is not JSON-serialisable, or a closed monitor.
         """
         generation = check_int("generation", generation, minimum=0)
+        clean = _numbers(metrics)
+        for group, js in _concept_js(reports or []).items():
+            clean.setdefault(f"concept_js/{group}", js)
+        kept = _json_values(extra) if extra else None
+        with self._thread_lock:  # check, append and write as one step
+            if self.closed:
+                raise InvalidInputError(
+                    f"the monitor of {str(self.path)!r} was closed; open a new CollapseMonitor "
+                    "to log more generations"
+                )
+            return self._log(generation, clean, reports, kept)
+
+    def _log(
+        self, generation: int, clean: dict[str, float], reports: list[Any] | None, extra: Any
+    ) -> dict[str, Any]:
         if generation != self.next_generation:
             raise InvalidInputError(
                 f"generation must be {self.next_generation} (the next one to log); got {generation}"
             )
-        clean = {str(k): float(v) for k, v in dict(metrics).items()}
-        for group, js in _concept_js(reports or []).items():
-            clean.setdefault(f"concept_js/{group}", js)
         record: dict[str, Any] = {"generation": generation, "metrics": clean}
         if self.records:
             first, last = self.records[0]["metrics"], self.records[-1]["metrics"]
@@ -184,14 +236,15 @@ class CollapseMonitor:
         if reports is not None:
             record["guard"] = _summarise(reports)
         if extra:
-            record["extra"] = json.loads(json.dumps(extra))
+            record["extra"] = extra
         history = [*self.records, record]
         record["trends"] = {
             k: t.model_dump() for k in clean if (t := self._trend(history, k)) is not None
         }
         record["warnings"] = [w.model_dump() for w in self._warnings(history, record)]
+        # Kept in memory only once it is on disk: a failed write leaves both as they were.
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in history))
         self.records.append(record)
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         return record
 
     def trend(self, metric: str) -> Trend | None:
@@ -257,8 +310,17 @@ class CollapseMonitor:
     def _read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
+        blob = read_file(self.path, max_bytes=None, what="monitor log")  # never a FIFO
+        try:
+            text = blob.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptFileError(
+                f"{self.path}: byte {exc.start} ({blob[exc.start : exc.start + 1]!r}) is not "
+                "UTF-8; the monitor writes UTF-8 JSON lines, so this is not a monitor log or "
+                "was changed by something else"
+            ) from exc
         records: list[dict[str, Any]] = []
-        for number, line in enumerate(self.path.read_text("utf-8").splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -273,6 +335,34 @@ class CollapseMonitor:
                 )
             records.append(record)
         return records
+
+
+def _numbers(metrics: Any) -> dict[str, float]:
+    """``metrics`` as name -> float, naming the metric that is not a number."""
+    if not isinstance(metrics, Mapping):
+        raise InvalidInputError(
+            f"metrics must be a mapping of name -> number; got {describe(metrics)}"
+        )
+    clean: dict[str, float] = {}
+    for key, value in metrics.items():
+        number = None  # strings and booleans convert with float() but are not measurements
+        if not isinstance(value, (str, bytes, bool)):
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                number = float(value)  # ints, floats, numpy scalars, one-element tensors
+        if number is None:
+            raise InvalidInputError(
+                f"metrics[{str(key)!r}] must be a number; got {describe(value)} "
+                f"({type(value).__name__})"
+            )
+        clean[str(key)] = number
+    return clean
+
+
+def _json_values(extra: Any) -> Any:
+    try:
+        return json.loads(json.dumps(extra))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"extra must be JSON-serialisable: {exc}") from exc
 
 
 def _delta(value: float, base: float | None) -> dict[str, float] | None:

@@ -56,7 +56,7 @@ def _image_cases(tmp: Path, digit: Image.Image) -> dict[str, tuple[Any, set[str]
         "truncated_webp": (webp[: len(webp) // 3], {str(UNREADABLE)}),
         "garbage_bytes": (b"\x00\x01not an image", {str(UNREADABLE)}),
         "zero_size": (b"", {str(UNREADABLE)}),
-        "decompression_bomb": (bomb, {str(UNREADABLE)}),
+        "decompression_bomb": (bomb, {str(sg.ReasonCode.IMAGE_TOO_LARGE)}),  # a limit, named
         "directory": (str(tmp / "a_directory"), {str(UNREADABLE)}),
         "missing_path": (str(tmp / "missing.png"), {str(UNREADABLE)}),
         "one_pixel": (Image.new("RGB", (1, 1), (255, 255, 255)), set()),

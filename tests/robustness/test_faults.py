@@ -73,8 +73,8 @@ _WRITER = textwrap.dedent(
             ref.skipped = {"version": i}
             ref.save(path)
         elif kind == "monitor":
-            monitor = CollapseMonitor(path)
-            monitor.log(monitor.next_generation, {"x": float(i)}, extra={"blob": blob})
+            with CollapseMonitor(path) as monitor:  # one writer at a time: close before reopening
+                monitor.log(monitor.next_generation, {"x": float(i)}, extra={"blob": blob})
         elif kind == "shards":
             batch = sg.PairBatch([bytes([i % 256]) * 200_000] * 20, [f"caption {i}"] * 20)
             write_pairs(batch, path, "webdataset")

@@ -1,21 +1,20 @@
 """The ``synthguard`` command line: ``demo``, ``reference build|calibrate``, ``check``, ``bench``.
 
 Exit codes: 0 success (``check``: batch accepted), 1 batch rejected (``check``), 2 usage or
-input error (argparse's convention).
+input error (argparse's convention), 3 internal error.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 from synthguard._errors import InvalidInputError, SynthGuardError
+from synthguard.cli._paths import add_input_options, check_outputs, encoder_inputs, input_options
 
 __all__ = ["main"]
 
@@ -88,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     build.add_argument("--template", default="a photo of a {name}", help="zero-shot template")
     build.add_argument("--support-size", type=int, default=10_000, help="support pairs kept")
+    add_input_options(build)
     build.add_argument(
         "--calibrate-sizes", type=_sizes, default=(), metavar="N,N,...",
         help="batch sizes whose batch-test nulls are computed now and saved (default config)",
@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--write-accepted", help="write accepted, relabeled pairs (same layout)")
     check.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     _config_flags(check)
+    add_input_options(check)
 
     add(commands, "bench", "bench", "measure the guard's overhead against embedding")
     return parser
@@ -190,7 +191,8 @@ def _build(args: argparse.Namespace) -> int:
     from synthguard.reference import Reference
     from synthguard.sources import read_pairs
 
-    batch = read_pairs(args.input)
+    check_outputs([("--out", args.out)], [("--input", args.input), *encoder_inputs(args.encoder)])
+    batch = read_pairs(args.input, **input_options(args))
     names = None if not args.label_names else [n.strip() for n in args.label_names.split(",")]
     if batch.labels is not None and names is None and not args.ignore_labels:
         raise InvalidInputError(
@@ -219,8 +221,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from synthguard.reference import Reference
 
     target = args.out or args.reference
-    if args.out:
-        _check_output("--out", args.out, args.reference)
+    if args.out:  # rewriting the reference itself is this command's purpose; a copy must not
+        check_outputs([("--out", args.out)], [("--reference", args.reference)])
     reference = Reference.load(args.reference)
     config = GuardConfig(alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed)
     sizes = reference.calibrate(args.sizes, config, threads=args.threads, device=args.device)
@@ -237,11 +239,10 @@ def _check(args: argparse.Namespace) -> int:
     from synthguard.reference import Reference
     from synthguard.sources import detect_kind, read_pairs, write_pairs
 
-    if args.write_accepted:  # before minutes of work, not after
-        _check_output("--write-accepted", args.write_accepted, args.input)
-    for flag, value in (("--out", args.out), ("--html", args.html)):
-        if value:
-            _check_output(flag, value, args.input)
+    check_outputs(  # before minutes of work, not after
+        [("--out", args.out), ("--html", args.html), ("--write-accepted", args.write_accepted)],
+        [("--input", args.input), ("--reference", args.reference), *encoder_inputs(args.encoder)],
+    )
     encoder = load_encoder(args.encoder) if args.encoder else None
     reference = Reference.load(args.reference, encoder=encoder)
     config = GuardConfig(
@@ -249,7 +250,7 @@ def _check(args: argparse.Namespace) -> int:
         threads=args.threads or available_threads(),  # offline: every core by default
     )  # fmt: skip
     guard = Guard(reference, config, encoder=encoder)
-    batch = read_pairs(args.input)
+    batch = read_pairs(args.input, **input_options(args))
     report = guard.check(batch)
     print(report.summary())
     if args.out:
@@ -270,15 +271,6 @@ def _version() -> str:
         return version("synthguard")
     except PackageNotFoundError:  # a source tree on sys.path, not installed
         return "unknown (not installed)"
-
-
-def _check_output(flag: str, target: str, source: str) -> None:
-    """Refuse an output the command could not write, or that would overwrite its input."""
-    path, folder = Path(target).resolve(), Path(target).resolve().parent
-    if path == Path(source).resolve() or Path(source).resolve() in path.parents:
-        raise InvalidInputError(f"{flag} must not be the input {source!r} or inside it")
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise InvalidInputError(f"{flag}: folder {str(folder)!r} does not exist or is not writable")
 
 
 def _bench() -> int:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from synthguard._errors import InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard.batch import PairBatch
+from synthguard.encoders._images import source_refusal
 
 __all__ = [
     "Encoder",
@@ -166,12 +167,23 @@ def embed_pairs(encoder: Encoder, batch: PairBatch) -> PairEmbeddings:
                 f"encoder.embed must return PairEmbeddings; got {type(result).__name__}"
             )
         return result
-    image = encoder.encode_images(batch.images, on_error="nan")
-    errors: dict[int, ReasonCode] = {}
-    details: dict[int, str] = {}
+    # A user encoder opens paths itself: what a source refused (outside the input, too large,
+    # not a regular file) is rejected here and never handed to it.
+    refused = {i: r for i, item in enumerate(batch.images) if (r := source_refusal(item))}
+    if not refused:
+        image = encoder.encode_images(batch.images, on_error="nan")
+    else:
+        kept = [i for i in range(len(batch)) if i not in refused]
+        image = torch.full((len(batch), int(encoder.dim)), float("nan"))
+        if kept:
+            got = encoder.encode_images([batch.images[i] for i in kept], on_error="nan")
+            image[kept] = got.to(image.device, image.dtype)
+    errors: dict[int, ReasonCode] = {i: r[0] for i, r in refused.items()}
+    details: dict[int, str] = {i: r[1] for i, r in refused.items()}
     for index in torch.nonzero(~torch.isfinite(image).all(dim=1)).flatten().tolist():
-        errors[index] = ReasonCode.UNREADABLE_IMAGE
-        details[index] = "the encoder returned a non-finite image embedding"
+        if index not in refused:
+            errors[index] = ReasonCode.UNREADABLE_IMAGE
+            details[index] = "the encoder returned a non-finite image embedding"
     # Captions are checked here so a user encoder never sees None or undecodable bytes.
     captions = {i: check_caption(c) for i, c in enumerate(batch.captions)}
     valid = [i for i, c in captions.items() if isinstance(c, str)]

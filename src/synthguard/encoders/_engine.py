@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from synthguard._errors import EncoderError, InvalidInputError
 from synthguard._reasons import ReasonCode
-from synthguard._validation import check_int
+from synthguard._validation import check_float, check_int
 from synthguard.batch import PairBatch, as_sample_list
 from synthguard.encoders._backend import ModelBackend, hash_state_dict
 from synthguard.encoders._base import EncoderFingerprint, OnError, PairEmbeddings, check_caption
@@ -36,6 +36,8 @@ from synthguard.encoders._base import Failure as _Failure
 from synthguard.encoders._cache import EmbeddingCache
 from synthguard.encoders._device import autocast, resolve_device, resolve_precision
 from synthguard.encoders._images import (
+    DEFAULT_MAX_IMAGE_ASPECT,
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageDecodeError,
     content_key,
@@ -70,7 +72,11 @@ class BatchedEncoder:
             CUDA/MPS, 0 on CPU, where overlapping steals cores from the forward pass).
         cache_dir: folder for an on-disk embedding cache (``None``: no cache).
         progress: show a progress bar (per call overridable).
-        max_image_pixels: images larger than this are rejected as ``unreadable_image``.
+        max_image_pixels: images with more pixels are rejected as ``image_too_large``.
+        max_image_bytes: image files larger than this are rejected as ``image_too_large``
+            without being read (a path a source returned keeps the source's own limit).
+        max_image_aspect: images whose longer side is more than this many times the shorter
+            one are rejected as ``image_too_large`` (the resize would build a huge image).
         output_device: where returned embeddings live (default CPU).
 
     Example:
@@ -91,6 +97,8 @@ class BatchedEncoder:
         cache_dir: str | os.PathLike[str] | None = None,
         progress: bool = False,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+        max_image_aspect: float | None = DEFAULT_MAX_IMAGE_ASPECT,
         output_device: str | torch.device = "cpu",
         spec: str | None = None,
     ) -> None:
@@ -102,6 +110,10 @@ class BatchedEncoder:
             check_int("num_workers", num_workers, minimum=1)
         if max_image_pixels is not None:
             check_int("max_image_pixels", max_image_pixels, minimum=1)
+        if max_image_bytes is not None:
+            check_int("max_image_bytes", max_image_bytes, minimum=1)
+        if max_image_aspect is not None:
+            check_float("max_image_aspect", max_image_aspect, low=1.0)
         self._backend = backend
         self._device = resolve_device(device)
         self._precision = resolve_precision(precision, self._device)
@@ -118,6 +130,8 @@ class BatchedEncoder:
         self.prefetch_batches = prefetch_batches
         self.progress = progress
         self.max_image_pixels = max_image_pixels
+        self.max_image_bytes = max_image_bytes
+        self.max_image_aspect = max_image_aspect
         # On CUDA the forward pass is cheap and decoding is the bottleneck: use every core.
         cores = os.cpu_count() or 1
         self.num_workers = num_workers or min(32 if self._device.type == "cuda" else 8, cores)
@@ -303,7 +317,7 @@ class BatchedEncoder:
         self._check_open()
         out = torch.full((len(items), self.dim), math.nan, dtype=torch.float32)
         failures: dict[int, _Failure] = {}
-        todo, keys = self._from_cache("image", items, out, content_key)
+        todo, keys = self._from_cache("image", items, out, self._image_key)
         bar = self._bar(len(items), "images", progress)
         bar.update(len(items) - len(todo))
         for indices, prepared in self._prefetch(todo, lambda i: self._prepare_image(items[i])):
@@ -323,12 +337,19 @@ class BatchedEncoder:
         bar.close()
         return out, failures
 
+    def _image_key(self, item: Any) -> str:
+        return content_key(item, max_bytes=self.max_image_bytes)
+
     def _prepare_image(self, item: Any) -> torch.Tensor | _Failure:
         # Runs on a worker thread; anything a codec throws becomes this sample's failure.
         try:
-            return self._backend.preprocess(load_image(item, max_pixels=self.max_image_pixels))
+            image = load_image(
+                item, max_pixels=self.max_image_pixels, max_bytes=self.max_image_bytes,
+                max_aspect=self.max_image_aspect,
+            )  # fmt: skip
+            return self._backend.preprocess(image)
         except ImageDecodeError as exc:
-            return ReasonCode.UNREADABLE_IMAGE, str(exc)
+            return exc.reason, str(exc)
         except Exception as exc:
             return ReasonCode.UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from synthguard._errors import CorruptFileError, IncompatibleStatsError, InvalidInputError
-from synthguard._io import atomic_write_bytes
+from synthguard._io import FileRefusedError, atomic_write_bytes, read_file
 from synthguard._validation import check_int, check_label_range, describe
 from synthguard.batch import PairBatch, as_sample_list
 from synthguard.checks import NULL_DESIGN, RESAMPLED_TESTS
@@ -327,10 +327,10 @@ class Reference(CalibratedSupport):
             CorruptFileError: the file is truncated, altered or not a reference.
             IncompatibleStatsError: ``encoder`` has a different fingerprint.
         """
-        try:
-            blob = Path(path).read_bytes()
-        except OSError as exc:
-            raise CorruptFileError(f"cannot read reference file {str(path)!r}: {exc}") from exc
+        try:  # a regular file only: a FIFO would block, /dev/zero fill memory
+            blob = read_file(path, max_bytes=None, what="reference file")
+        except FileRefusedError as exc:
+            raise CorruptFileError(str(exc)) from exc
         ref = cls.from_bytes(blob, source=str(path))
         if encoder is not None:
             ref.check_encoder(encoder)
