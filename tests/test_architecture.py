@@ -137,9 +137,9 @@ def test_the_module_graph_has_no_cycles() -> None:
 
 #: The layers of docs/design.md, bottom first: a module imports only its own or lower layers.
 LAYERS = [
-    "_errors", "_reasons", "_validation", "_io", "_threads", "stats", "functional", "batch", "datasets",
-    "encoders", "relabel", "concepts", "checks", "config", "reference", "report", "guard",
-    "monitor", "sources", "_testing", "integrations", "cli",
+    "_errors", "_reasons", "_validation", "_io", "_threads", "stats", "functional", "batch",
+    "datasets", "encoders", "relabel", "concepts", "checks", "config", "reference", "report",
+    "guard", "monitor", "sources", "_testing", "integrations", "cli",
 ]  # fmt: skip
 
 
