@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         help="batch sizes whose batch-test nulls are computed now and saved (default config)",
     )  # fmt: skip
     build.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    build.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     calibrate = add(
         ref_commands, "calibrate", "calibrate",
         "compute batch-test nulls ahead and save them into the reference",
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", help="write here instead of over the reference")
     calibrate.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     calibrate.add_argument("--device", default="cpu", help="where to compute, e.g. cuda")
+    calibrate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _config_flags(calibrate)
 
     check = add(commands, "check", "check", "check synthetic pairs against a reference")
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--html", help="write the HTML report here")
     check.add_argument("--write-accepted", help="write accepted, relabeled pairs (same layout)")
     check.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    check.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _config_flags(check)
     add_input_options(check)
 
@@ -188,6 +191,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from synthguard.encoders import load_encoder
     from synthguard.reference import Reference
     from synthguard.sources import read_pairs
 
@@ -200,13 +204,16 @@ def _build(args: argparse.Namespace) -> int:
             "name the classes (--label-names zero,one,...) to calibrate the label check, or "
             "pass --ignore-labels to build without them"
         )
+    encoder = load_encoder(args.encoder, progress=not args.no_progress)  # the spec is kept
     ref = Reference.build(
-        batch.images, batch.captions, encoder=args.encoder,
+        batch.images, batch.captions, encoder=encoder,
         labels=batch.labels if names else None, label_names=names,
         label_templates=args.template, ids=batch.ids, support_size=args.support_size,
     )  # fmt: skip
     if args.calibrate_sizes:
-        sizes = ref.calibrate(args.calibrate_sizes, threads=args.threads)
+        sizes = ref.calibrate(
+            args.calibrate_sizes, threads=args.threads, progress=not args.no_progress
+        )
         print(f"calibrated batch tests at {', '.join(map(str, sizes))} rows")
     path = ref.save(args.out)
     checks = ", ".join(ref.calibration.names)
@@ -225,7 +232,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         check_outputs([("--out", args.out)], [("--reference", args.reference)])
     reference = Reference.load(args.reference)
     config = GuardConfig(alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed)
-    sizes = reference.calibrate(args.sizes, config, threads=args.threads, device=args.device)
+    sizes = reference.calibrate(
+        args.sizes, config, threads=args.threads, device=args.device, progress=not args.no_progress
+    )
     path = reference.save(target)
     print(f"calibrated batch tests at {', '.join(map(str, sizes))} rows -> {path}")
     return 0
@@ -243,8 +252,11 @@ def _check(args: argparse.Namespace) -> int:
         [("--out", args.out), ("--html", args.html), ("--write-accepted", args.write_accepted)],
         [("--input", args.input), ("--reference", args.reference), *encoder_inputs(args.encoder)],
     )
-    encoder = load_encoder(args.encoder) if args.encoder else None
+    progress = not args.no_progress
+    encoder = load_encoder(args.encoder, progress=progress) if args.encoder else None
     reference = Reference.load(args.reference, encoder=encoder)
+    if encoder is None and reference.encoder_spec is not None:
+        encoder = load_encoder(reference.encoder_spec, progress=progress)
     config = GuardConfig(
         alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed,
         threads=args.threads or available_threads(),  # offline: every core by default
