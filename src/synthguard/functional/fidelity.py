@@ -4,9 +4,10 @@ Computed blockwise from k-NN radii: memory O(block_size · n), never an n×n mat
 same definitions, strict inequalities and Euclidean distances as the ``prdc`` package.
 
 The definition is float64 (:func:`_radii_sq_exact`, :func:`_prdc_exact`, kept as the
-reference). The public functions get the same answers from float32 distance blocks, with
-float64 recomputed only where a rounding bound cannot certify a decision
-(:mod:`synthguard.functional._knn`), and run the float64 path where it cannot certify them.
+reference). The public functions reach the same ball memberships from float32 distance blocks,
+recomputing in float64 only the pairs a rigorous rounding bound cannot settle
+(:mod:`synthguard.functional._knn`, where the bound is derived), and run the float64 path
+itself when the bound cannot settle them all.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def prdc(real: Any, fake: Any, k: int = 5, *, block_size: int = DEFAULT_BLOCK_SI
 def _validate(
     real: Any, fake: Any, k: Any, block_size: Any
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The validated float64 rows, ``k`` and block size of :func:`prdc`."""
     k = check_int("k", k, minimum=1)
     constraint = f"more than k={k}"
     r = as_embeddings("real", real, min_rows=k + 1, constraint=constraint)
