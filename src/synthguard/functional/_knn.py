@@ -195,6 +195,7 @@ def _radii_sq(rows: _Rows, k: int, block: int, bounds: _Bounds) -> torch.Tensor:
         if i1 < n:
             values, cols = _col_smallest(dist[:, i1 - i0 :], m)
             merge(slice(i1, n), values, cols + i0)
+    del buf, panel, dist  # free the panel before any float64 rows below
 
     vals, order = vals.sort(dim=1)
     index = index.gather(1, order)
