@@ -236,7 +236,11 @@ def _round_up(x: torch.Tensor) -> torch.Tensor:
 
 def fast_radii_sq(x: torch.Tensor, k: int, block: int) -> torch.Tensor | None:
     """Squared k-NN radii of the float64 rows ``x`` (``n > k``), or ``None`` where the float32
-    bound cannot certify them; equal to the float64 definition up to its own rounding."""
+    bound cannot certify them; equal to the float64 definition up to its own rounding.
+
+    Not behind :func:`~synthguard.functional.knn_radii`, which returns the float64 values
+    bit for bit (these differ in the last bits); about 1.5× faster at 10,000 × 512.
+    """
     if not ieee_float32_matmul(x.device):
         return None
     try:

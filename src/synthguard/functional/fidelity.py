@@ -4,10 +4,10 @@ Computed blockwise from k-NN radii: memory O(block_size · n), never an n×n mat
 same definitions, strict inequalities and Euclidean distances as the ``prdc`` package.
 
 The definition is float64 (:func:`_radii_sq_exact`, :func:`_prdc_exact`, kept as the
-reference). The public functions reach the same ball memberships from float32 distance blocks,
+reference). :func:`prdc` reaches the same ball memberships from float32 distance blocks,
 recomputing in float64 only the pairs a rigorous rounding bound cannot settle
-(:mod:`synthguard.functional._knn`, where the bound is derived), and run the float64 path
-itself when the bound cannot settle them all.
+(:mod:`synthguard.functional._knn`, where the bound is derived), and runs the float64 path
+itself when the bound cannot settle them all. :func:`knn_radii` stays float64.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from synthguard._validation import as_embeddings, check_int, check_same_device, check_same_dim
 from synthguard.functional._common import DEFAULT_BLOCK_SIZE, Result, check_block_size, sq_dists
-from synthguard.functional._knn import fast_prdc, fast_radii_sq
+from synthguard.functional._knn import fast_prdc
 
 __all__ = ["PRDCResult", "knn_radii", "prdc"]
 
@@ -61,10 +61,9 @@ def knn_radii(x: Any, k: int = 5, *, block_size: int = DEFAULT_BLOCK_SIZE) -> to
     """``[n]`` distance from each row to its k-th nearest other row (float64), blockwise.
 
     Like ``prdc``: the (k+1)-th smallest distance counting the row itself, so duplicate rows
-    are neighbours at distance 0. The neighbours are found in float32 and certified by a
-    rounding bound, the radius recomputed in float64: equal to the float64 definition
-    (:func:`_radii_sq_exact`) up to that definition's own rounding, which already varies at
-    this level (a few units in the last place of ``‖x‖²``) with ``block_size`` and the BLAS.
+    are neighbours at distance 0. Float64 throughout (:func:`_radii_sq_exact`): the radii of
+    :func:`prdc`'s float32 path equal these only up to float64 rounding (the last bits), which
+    its certified decisions allow for but returned values would not.
 
     Example:
         >>> knn_radii(torch.tensor([[0.0], [1.0], [3.0]]), k=1).tolist()
@@ -72,14 +71,12 @@ def knn_radii(x: Any, k: int = 5, *, block_size: int = DEFAULT_BLOCK_SIZE) -> to
     """
     k = check_int("k", k, minimum=1)
     t = as_embeddings("x", x, min_rows=k + 1, constraint=f"more than k={k}")
-    block = check_block_size(block_size)
-    radii_sq = fast_radii_sq(t, k, block)
-    return (_radii_sq_exact(t, k, block) if radii_sq is None else radii_sq).sqrt_()
+    return _radii_sq_exact(t, k, check_block_size(block_size)).sqrt_()
 
 
 def _radii_sq_exact(x: torch.Tensor, k: int, block: int) -> torch.Tensor:
     """Squared k-NN radii in float64: the (k+1)-th smallest squared distance, counting the row
-    itself (the definition; :func:`knn_radii` gets it from float32 blocks)."""
+    itself (the definition)."""
     # Tiles (I, J) with I <= J only: the distance matrix is symmetric, so each tile updates the
     # running k+1 smallest of its rows and, transposed, of its columns: half the matmul work
     # of full rows, memory O(block² + n·k).
