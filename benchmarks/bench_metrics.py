@@ -5,6 +5,7 @@
 2. **PRDC.** Blockwise precision/recall/density/coverage (``synthguard.functional.prdc``)
    against ``prdc.compute_prdc``, which holds three n×n distance matrices (the value column
    shows the density, the only one of the four that counts every ball membership).
+   ``bench_prdc.py`` adds synthguard's float64 definition and the 20,000-row size.
 3. **Fréchet distance.** From statistics by symmetric eigendecompositions
    (``synthguard.functional.frechet_distance``) against pytorch-fid's formula with
    ``scipy.linalg.sqrtm(Σ₁Σ₂)``; both start from precomputed moments.
@@ -91,7 +92,10 @@ def _prepare(case: str, n: int, d: int) -> tuple[Callable[[], float], str]:
     if case.startswith("prdc"):
         real, fake = _data(n, d, 1), _data(n, d, 2)
         if case == "prdc:synthguard":
-            return lambda: F.prdc(real, fake, k=5).density, "blockwise, block 1024, float64"
+            return (
+                lambda: F.prdc(real, fake, k=5).density,
+                "float32 blocks, certified float64 answers",
+            )
         import prdc as prdc_pkg
 
         def peer() -> float:
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {ours['value']:.6g} | {abs(ours['value'] - peer['value']):.2e} | {peer['label']} |"
         )
     print(
-        "\nInputs are float32 unit vectors, as encoders emit them. synthguard computes in float64;"
+        "\nInputs are float32 unit vectors, as encoders emit them. synthguard computes in float64"
+        " (PRDC: float32 distances, float64 wherever rounding could decide a ball membership);"
         " the Vendi and PRDC peers compute in the input's float32, which accounts for most of"
         " the value difference (Vendi score, PRDC density). Both FD sides start from the same"
         " float64 moments. Peak: resident-memory high-water mark of the call alone."

@@ -2,6 +2,12 @@
 
 Computed blockwise from k-NN radii: memory O(block_size · n), never an n×n matrix, with the
 same definitions, strict inequalities and Euclidean distances as the ``prdc`` package.
+
+The definition is float64 (:func:`_radii_sq_exact`, :func:`_prdc_exact`, kept as the
+reference). :func:`prdc` reaches the same ball memberships from float32 distance blocks,
+recomputing in float64 only the pairs a rigorous rounding bound cannot settle
+(:mod:`synthguard.functional._knn`, where the bound is derived), and runs the float64 path
+itself when the bound cannot settle them all. :func:`knn_radii` stays float64.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 
 from synthguard._validation import as_embeddings, check_int, check_same_device, check_same_dim
 from synthguard.functional._common import DEFAULT_BLOCK_SIZE, Result, check_block_size, sq_dists
+from synthguard.functional._knn import fast_prdc
 
 __all__ = ["PRDCResult", "knn_radii", "prdc"]
 
@@ -54,7 +61,9 @@ def knn_radii(x: Any, k: int = 5, *, block_size: int = DEFAULT_BLOCK_SIZE) -> to
     """``[n]`` distance from each row to its k-th nearest other row (float64), blockwise.
 
     Like ``prdc``: the (k+1)-th smallest distance counting the row itself, so duplicate rows
-    are neighbours at distance 0.
+    are neighbours at distance 0. Float64 throughout (:func:`_radii_sq_exact`): the radii of
+    :func:`prdc`'s float32 path equal these only up to float64 rounding (the last bits), which
+    its certified decisions allow for but returned values would not.
 
     Example:
         >>> knn_radii(torch.tensor([[0.0], [1.0], [3.0]]), k=1).tolist()
@@ -62,11 +71,12 @@ def knn_radii(x: Any, k: int = 5, *, block_size: int = DEFAULT_BLOCK_SIZE) -> to
     """
     k = check_int("k", k, minimum=1)
     t = as_embeddings("x", x, min_rows=k + 1, constraint=f"more than k={k}")
-    return _radii_sq(t, k, check_block_size(block_size)).sqrt_()
+    return _radii_sq_exact(t, k, check_block_size(block_size)).sqrt_()
 
 
-def _radii_sq(x: torch.Tensor, k: int, block: int) -> torch.Tensor:
-    """Squared k-NN radii: the (k+1)-th smallest squared distance, counting the row itself."""
+def _radii_sq_exact(x: torch.Tensor, k: int, block: int) -> torch.Tensor:
+    """Squared k-NN radii in float64: the (k+1)-th smallest squared distance, counting the row
+    itself (the definition)."""
     # Tiles (I, J) with I <= J only: the distance matrix is symmetric, so each tile updates the
     # running k+1 smallest of its rows and, transposed, of its columns: half the matmul work
     # of full rows, memory O(block² + n·k).
@@ -101,6 +111,11 @@ def prdc(real: Any, fake: Any, k: int = 5, *, block_size: int = DEFAULT_BLOCK_SI
     sample's k-th neighbour) is outside it. Squared distances within ``1e-11 · max‖x‖²`` of a
     squared radius count as on the sphere, so such ties never depend on float rounding.
 
+    Every ball membership is the float64 definition's (:func:`_prdc_exact`): distances come
+    from float32 blocks and a pair is recomputed in float64 only when it lies within a
+    rigorous rounding bound of its radius; when the bound cannot certify all of them (or the
+    device's float32 matmuls use TF32/bf16) the float64 path runs instead.
+
     Args:
         real: ``[n_real, d]`` reference embeddings, ``n_real > k``.
         fake: ``[n_fake, d]`` synthetic embeddings, ``n_fake > k``.
@@ -114,14 +129,40 @@ def prdc(real: Any, fake: Any, k: int = 5, *, block_size: int = DEFAULT_BLOCK_SI
         >>> result["precision"], result.coverage
         (1.0, 1.0)
     """
+    r, f, k, block = _validate(real, fake, k, block_size)
+    counts = fast_prdc(r, f, k, block, _TIE_RTOL)
+    return _prdc_exact(r, f, k, block) if counts is None else _result(*counts, k=k)
+
+
+def _validate(
+    real: Any, fake: Any, k: Any, block_size: Any
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The validated float64 rows, ``k`` and block size of :func:`prdc`."""
     k = check_int("k", k, minimum=1)
     constraint = f"more than k={k}"
     r = as_embeddings("real", real, min_rows=k + 1, constraint=constraint)
     f = as_embeddings("fake", fake, min_rows=k + 1, constraint=constraint)
     check_same_dim("real", r, "fake", f)
     check_same_device("real", r, "fake", f)
-    block = check_block_size(block_size)
-    radii_real, radii_fake = _radii_sq(r, k, block), _radii_sq(f, k, block)
+    return r, f, k, check_block_size(block_size)
+
+
+def _result(
+    inside: torch.Tensor, recalled: torch.Tensor, covered: torch.Tensor, *, k: int
+) -> PRDCResult:
+    """The four metrics from the real balls per fake and the recalled and covered reals."""
+    return PRDCResult(
+        precision=float((inside > 0).double().mean()),
+        recall=float(recalled.double().mean()),
+        density=float(inside.double().mean()) / k,
+        coverage=float(covered.double().mean()),
+        k=k,
+    )
+
+
+def _prdc_exact(r: torch.Tensor, f: torch.Tensor, k: int, block: int) -> PRDCResult:
+    """:func:`prdc` in float64 throughout, on validated float64 rows: the definition."""
+    radii_real, radii_fake = _radii_sq_exact(r, k, block), _radii_sq_exact(f, k, block)
     r_sq, f_sq = (r * r).sum(dim=1), (f * f).sum(dim=1)
     # Squared distances within tie_tol of a squared radius count as on the sphere, i.e. outside
     # (the strict "<" of Naeem et al. and prdc). Copies of real samples sit exactly on k-NN
@@ -140,10 +181,4 @@ def prdc(real: Any, fake: Any, k: int = 5, *, block_size: int = DEFAULT_BLOCK_SI
         recalled[start:stop] = (d2 < radii_fake[None, :]).any(dim=1)
         covered[start:stop] = in_real_ball.any(dim=1)  # nearest fake inside the real ball
         del d2, in_real_ball  # free the block before the next one is allocated
-    return PRDCResult(
-        precision=float((inside > 0).double().mean()),
-        recall=float(recalled.double().mean()),
-        density=float(inside.double().mean()) / k,
-        coverage=float(covered.double().mean()),
-        k=k,
-    )
+    return _result(inside, recalled, covered, k=k)
