@@ -57,7 +57,8 @@ class GuardConfig(BaseModel):
             cap and half the reference support, so nearby batch sizes share one calibration
             (and every batch above the cap shares one). A larger cap buys power at a
             calibration cost of roughly ``n_resamples × (cap · d²)``
-            (about half a minute at 1024 rows, d = 512, on 2 CPU cores; docs/benchmarks.md).
+            (about 45 s at 1024 rows, d = 512, on 2 CPU cores, 80 s in one thread;
+            docs/benchmarks.md).
         threads: CPU threads the guard's own statistics may use (the batch tests' null runs
             in that many worker threads of one torch thread each; the checks of a batch with
             that many torch threads). Default: a quarter of the available cores, 1 to 4, so
