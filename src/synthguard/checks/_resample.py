@@ -86,6 +86,8 @@ def batch_null(
     """
     wanted = set(RESAMPLED_TESTS) - OPTIONAL_COLUMNS if columns is None else set(columns)
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # the worker thread has its own default
+        device = torch.device("cuda", torch.cuda.current_device())
     indices = draws(ctx, size, resamples, seed)
     step = _CHUNK_CUDA if device.type == "cuda" else _CHUNK_CPU
     dtype = getattr(torch, precision)
