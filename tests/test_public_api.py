@@ -44,6 +44,7 @@ ENCODERS = {
     "BUNDLED_MODELS",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "BatchedEncoder",
+    "CacheWarning",
     "CaptionTruncatedWarning",
     "EmbeddingCache",
     "Encoder",

@@ -74,24 +74,55 @@ def check_float(
     return out
 
 
+_CONVERT = "convert it first, e.g. np.asarray(x, dtype=np.float32) or np.stack(rows)"
+
+
 def _to_tensor(name: str, value: Any) -> torch.Tensor:
+    """``value`` as a real tensor; anything numpy cannot hold as real numbers is refused.
+
+    Object, string, bytes, structured and datetime arrays are refused by dtype, never coerced
+    (``np.asarray(["0.1"], dtype=float)`` would parse strings; an object array can hold
+    anything). Nested sequences are read as numpy reads them, without a dtype, so the same rule
+    applies; ragged rows are refused.
+    """
     if isinstance(value, torch.Tensor):
         tensor = value.detach()
-    elif isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biuf":
-            raise InvalidInputError(f"{name} must hold real numbers, got {describe(value)}")
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
-    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        try:
-            tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"{name} must be numeric, got {describe(value)}") from exc
+    elif isinstance(value, (np.ndarray, np.generic)) or (
+        isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    ):
+        if isinstance(value, (np.ndarray, np.generic)):
+            array = np.asarray(value)
+        else:
+            try:
+                array = np.asarray(value)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise InvalidInputError(
+                    f"{name} must be a rectangular array of numbers; rows of different lengths "
+                    f"or mixed types cannot be ({exc}); got {describe(value)}"
+                ) from exc
+        if array.dtype.kind not in "biuf":
+            what = describe(value) if isinstance(value, np.ndarray) else f"dtype={array.dtype}"
+            raise InvalidInputError(
+                f"{name} must hold real numbers (a float or integer dtype), got {what}; {_CONVERT}"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
     else:
         raise InvalidInputError(
             f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}"
         )
     if tensor.is_complex():
         raise InvalidInputError(f"{name} must hold real numbers, got {describe(value)}")
+    return tensor
+
+
+def _embedding_tensor(name: str, value: Any) -> torch.Tensor:
+    """:func:`_to_tensor`, and a boolean matrix (a mask passed by mistake) is refused."""
+    tensor = _to_tensor(name, value)
+    if tensor.dtype == torch.bool:
+        raise InvalidInputError(
+            f"{name} must hold real numbers, got booleans ({describe(value)}); an embedding "
+            "matrix of True/False is most likely a mask passed by mistake"
+        )
     return tensor
 
 
@@ -119,7 +150,7 @@ def as_embeddings(
         >>> as_embeddings("x", np.eye(3)).dtype
         torch.float64
     """
-    tensor = _to_tensor(name, value)
+    tensor = _embedding_tensor(name, value)
     if tensor.ndim != 2:
         raise InvalidInputError(
             f"{name} must be a 2-D array of shape [n, d], got shape {tuple(tensor.shape)}"
@@ -250,10 +281,7 @@ def unit_rows_or_nan(name: str, value: Any, dim: int, n: int | None = None) -> t
     NaN rows are how the engine marks unembeddable samples (``on_error="nan"``); they must flow
     through to per-sample reasons rather than fail the whole batch.
     """
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
-    if not isinstance(value, torch.Tensor) or value.is_complex():
-        raise InvalidInputError(f"{name} must be a real [n, {dim}] tensor; got {describe(value)}")
+    value = _embedding_tensor(name, value)
     if value.ndim != 2 or value.shape[1] != dim:
         raise InvalidInputError(
             f"{name} must have shape [n, {dim}] (the encoder's dim); got {tuple(value.shape)}"

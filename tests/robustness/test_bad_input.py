@@ -230,3 +230,85 @@ def test_check_embeddings_accounts_for_every_sample(
             assert sample.reasons == (sg.ReasonCode.ENCODING_FAILED,)
     assert report.n_accepted == sum(s.accepted for s in report.samples)
     assert sum(report.rejects_by_reason.values()) >= report.n_samples - report.n_accepted
+
+
+# -- embedding dtypes (issue 16) -----------------------------------------------------------
+
+
+def _bad_embeddings(rows: np.ndarray) -> dict[str, tuple[Any, str]]:
+    """name -> (a value for image_embeddings, what the message must name)."""
+    ragged = [list(r) for r in rows[:-1]] + [list(rows[-1][:10])]
+    with_strings = np.array(rows, dtype=object)
+    with_strings[0, 0] = "0.1"
+    return {
+        "object_floats": (np.array(rows, dtype=object), "dtype=object"),
+        "object_of_arrays": (np.array([*list(rows), None], dtype=object)[:-1], "dtype=object"),
+        "object_with_a_string": (with_strings, "dtype=object"),
+        "numeric_strings": (rows.astype(str), "dtype=<U"),  # never parsed as numbers
+        "list_of_numeric_strings": ([[str(v) for v in r] for r in rows], "dtype=<U"),
+        "bytes": (rows.astype("S8"), "dtype=|S8"),
+        "structured": (np.zeros(rows.shape, dtype=[("a", "f8")]), "dtype=[("),
+        "datetime": (np.zeros(rows.shape, dtype="datetime64[s]"), "datetime64"),
+        "complex": (rows.astype(np.complex128), "complex128"),
+        "ragged_list": (ragged, "rectangular"),
+        "list_with_none": ([[None] * rows.shape[1]] * len(rows), "dtype=object"),
+        "bool_numpy": (rows > 0, "booleans"),
+        "bool_torch": (torch.from_numpy(rows > 0), "booleans"),
+    }
+
+
+def test_embeddings_that_are_not_real_numbers_are_named(guard: sg.Guard) -> None:
+    ref = guard.reference
+    rows, text = ref.support_image[:12].numpy(), ref.support_text[:12]
+    calls = {
+        "check_embeddings": lambda v: guard.check_embeddings(v, text),
+        "from_embeddings": lambda v: sg.Reference.from_embeddings(v, text),
+        "EmbeddingStats.update": lambda v: sg.EmbeddingStats(rows.shape[1]).update(v, text),
+    }
+    for case, (value, named) in _bad_embeddings(rows).items():
+        for where, call in calls.items():
+            with pytest.raises(sg.InvalidInputError) as info:
+                call(value)
+            message = str(info.value)
+            assert message.startswith(("image_embeddings", "image_emb")), (case, where, message)
+            assert named in message, (case, where, message)
+    # What is accepted: real dtypes, nested lists of numbers, lists of 1-D arrays or tensors.
+    for good in (
+        rows.tolist(),
+        list(rows),
+        [torch.from_numpy(r) for r in rows],
+        (rows * 1000).astype(int),
+    ):
+        assert guard.check_embeddings(good, text).n_samples == 12
+        assert sg.Reference.from_embeddings(np.asarray(good, dtype=float), text).n_support == 12
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(
+                st.floats(), st.integers(-5, 5), st.sampled_from(["1", "0.5", "x"]), st.none()
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_nested_lists_of_anything_are_a_batch_or_invalid_input(
+    guard: sg.Guard, rows: list[list[Any]]
+) -> None:
+    text = guard.reference.support_text[: len(rows)]
+    for call in (
+        lambda: guard.check_embeddings(rows, text),
+        lambda: sg.EmbeddingStats(len(rows[0])).update(rows),
+    ):
+        try:
+            call()
+        except sg.InvalidInputError:
+            continue
+        assert all(isinstance(v, (int, float)) for r in rows for v in r)  # only numbers pass

@@ -152,9 +152,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         _write(handle, data)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, errors: str = "strict") -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically.
+
+    ``errors="backslashreplace"`` writes a lone surrogate (a non-UTF-8 file or member name
+    decoded with ``surrogateescape``) as ``\\udcff`` instead of raising: for pages people read.
+    """
+    atomic_write_bytes(path, text.encode("utf-8", errors))
 
 
 def _write(handle: IO[bytes], data: bytes) -> None:

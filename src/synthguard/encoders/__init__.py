@@ -13,7 +13,7 @@ from synthguard.encoders._base import (
     PairEmbeddings,
     embed_pairs,
 )
-from synthguard.encoders._cache import EmbeddingCache
+from synthguard.encoders._cache import CacheWarning, EmbeddingCache
 from synthguard.encoders._engine import BatchedEncoder, CaptionTruncatedWarning
 from synthguard.encoders._factory import (
     BUNDLED_MODELS,
@@ -28,6 +28,7 @@ __all__ = [
     "BUNDLED_MODELS",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "BatchedEncoder",
+    "CacheWarning",
     "CaptionTruncatedWarning",
     "EmbeddingCache",
     "Encoder",

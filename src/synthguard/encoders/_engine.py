@@ -518,8 +518,10 @@ def _ahead(futures: Iterator[Any], depth: int) -> Iterator[Any]:
 
 
 def _safe_key(item: Any, key_fn: Callable[[Any], str] | None) -> str | None:
-    if key_fn is None:  # captions: the key is the hash of the exact string
-        return hashlib.sha256(item.encode()).hexdigest() if isinstance(item, str) else None
+    if key_fn is None:  # captions: the key is the hash of the exact string (lone surrogates too)
+        if not isinstance(item, str):
+            return None
+        return hashlib.sha256(item.encode("utf-8", "surrogatepass")).hexdigest()
     try:
         return key_fn(item)
     except Exception:  # unreadable now: let decoding report the precise reason

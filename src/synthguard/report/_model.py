@@ -317,7 +317,8 @@ class GuardReport(BaseModel):
     def to_html(self, path: str | Path) -> Path:
         """Write a self-contained HTML report (tables and inline SVG charts) atomically."""
         target = Path(path)
-        atomic_write_text(target, render_report(self))
+        # ids and details may hold non-UTF-8 names (lone surrogates): shown escaped, not raised
+        atomic_write_text(target, render_report(self), errors="backslashreplace")
         return target
 
 

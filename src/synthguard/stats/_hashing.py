@@ -47,7 +47,7 @@ def hash_ids(ids: Any, n: int, seed: int) -> np.ndarray:
             int_pos.append(i)
             int_vals.append(int(v) % 2**64)
         elif isinstance(v, (str, bytes)):
-            raw = b"s" + v.encode("utf-8") if isinstance(v, str) else b"b" + v
+            raw = b"s" + _str_bytes(v) if isinstance(v, str) else b"b" + v
             digest = hashlib.blake2b(raw, digest_size=8, key=key).digest()
             out[i] = np.uint64(int.from_bytes(digest, "little"))
         else:
@@ -56,6 +56,17 @@ def hash_ids(ids: Any, n: int, seed: int) -> np.ndarray:
         mixed = np.array(int_vals, dtype=np.uint64) ^ splitmix64(np.array([seed], np.uint64))
         out[int_pos] = splitmix64(mixed)
     return out
+
+
+def _str_bytes(text: str) -> bytes:
+    """UTF-8 of ``text``, lone surrogates included: never raises, and distinct strings give
+    distinct bytes.
+
+    A non-UTF-8 file or tar member name decoded with ``surrogateescape`` (``os.fsdecode``)
+    holds lone surrogates (``"\\udcff"``); ``surrogatepass`` encodes them as their own code
+    points, so such an id never collides with a valid one. Valid text hashes exactly as before.
+    """
+    return text.encode("utf-8", "surrogatepass")
 
 
 def content_hash(item: Any) -> str:
@@ -70,7 +81,7 @@ def content_hash(item: Any) -> str:
     """
     digest = hashlib.sha256()
     if isinstance(item, str):
-        digest.update(b"str\0" + item.encode("utf-8"))
+        digest.update(b"str\0" + _str_bytes(item))
     elif isinstance(item, (bytes, bytearray, memoryview)):
         digest.update(b"bytes\0" + bytes(item))
     elif isinstance(item, (np.ndarray, torch.Tensor)):
