@@ -157,6 +157,29 @@ def test_edited_metadata_fails_the_checksum(
         sg.Reference.load(path)
 
 
+@pytest.mark.parametrize("meta", [[1, 2], "synthguard", 3.5, None])
+def test_metadata_that_is_not_an_object_is_a_corrupt_file(
+    reference: sg.Reference, tmp_path: Path, meta: Any
+) -> None:
+    """Issue 16: a header whose metadata was a list raised a raw AttributeError."""
+    import json
+    import struct
+
+    blob = reference.to_bytes()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
+    header["__metadata__"]["synthguard"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "odd.sgref"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + blob[8 + length :])
+    with pytest.raises(sg.CorruptFileError, match="not a synthguard reference"):
+        sg.Reference.load(path)
+    state = reference.to_state()
+    with pytest.raises(sg.CorruptFileError, match="mappings"):
+        sg.Reference.from_state(type(state)(tensors=state.tensors, meta=meta))
+
+
 @pytest.mark.parametrize(
     "damage",
     ["cut coverage radii", "short label names", "bf16 badness", "k too large", "null columns"],

@@ -98,6 +98,11 @@ def _metadata(blob: bytes, source: str) -> dict[str, Any]:
         raise CorruptFileError(
             f"{source!r} is not a synthguard reference file (unreadable header: {exc})"
         ) from exc
+    if not isinstance(meta, dict):
+        raise CorruptFileError(
+            f"{source!r} is not a synthguard reference file (its metadata is a "
+            f"{type(meta).__name__}, not an object)"
+        )
     if meta.get("format") != FORMAT or meta.get("format_version") not in _READABLE:
         raise CorruptFileError(
             f"{source!r} is not a synthguard reference of format version "

@@ -387,6 +387,11 @@ class Reference(CalibratedSupport):
             CorruptFileError: the state is inconsistent (missing or misshapen parts).
         """
         meta, tensors = state.meta, state.tensors
+        if not isinstance(meta, dict) or not isinstance(tensors, dict):
+            raise CorruptFileError(
+                f"reference file {source!r} is inconsistent: metadata and tensors must be "
+                f"mappings; got {type(meta).__name__} and {type(tensors).__name__}"
+            )
         # Nulls of another test set (an older synthguard) are recomputed, not misread.
         nulls_fit = (
             meta.get("null_columns") == list(RESAMPLED_TESTS)
