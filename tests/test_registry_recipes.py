@@ -224,7 +224,11 @@ def test_a_labeler_from_class_embeddings_needs_no_encoder() -> None:
     assert labeler.predict(torch.tensor([[0.1, 0.9], [2.0, 0.1]])).labels.tolist() == [1, 0]
     with pytest.raises(sg.InvalidInputError, match="encoder"):
         ZeroShotLabeler(None, ["a", "b"])
-    with pytest.raises(sg.InvalidInputError, match="class_embeddings must be a real"):
-        ZeroShotLabeler(None, ["a", "b"], class_embeddings=[[1.0, 0.0], [0.0, 1.0]])
+    # Nested lists of numbers are read like tensors (every embedding entry point does so);
+    # anything that is not real numbers is refused, naming the argument and the dtype.
+    listed = ZeroShotLabeler(None, ["a", "b"], class_embeddings=[[1.0, 0.0], [0.0, 1.0]])
+    assert listed.predict(torch.tensor([[0.1, 0.9], [2.0, 0.1]])).labels.tolist() == [1, 0]
+    with pytest.raises(sg.InvalidInputError, match="class_embeddings must hold real numbers"):
+        ZeroShotLabeler(None, ["a", "b"], class_embeddings=[["x", "y"], ["z", "w"]])
     with pytest.raises(sg.InvalidInputError, match="needs an encoder"):
         labeler.predict_images([b"not an image"])
