@@ -16,20 +16,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import synthguard as sg
-from _digits import TEMPLATE, digits_reference
-from synthguard.datasets import load_digits
+from _digits import TEMPLATE
 
 UNREADABLE = sg.ReasonCode.UNREADABLE_IMAGE
-
-
-@pytest.fixture(scope="module")
-def digits() -> Any:
-    return load_digits("test")
-
-
-@pytest.fixture(scope="module")
-def guard(digits: Any, digits_encoder: Any) -> sg.Guard:
-    return sg.Guard(digits_reference(digits, digits_encoder, 270), sg.GuardConfig(batch_tests=()))
 
 
 def _encoded(image: Image.Image, fmt: str, **kw: Any) -> bytes:

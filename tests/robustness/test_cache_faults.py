@@ -16,22 +16,10 @@ import torch
 
 import synthguard as sg
 import synthguard.encoders._cache as cache_module
-from _digits import digits_reference
-from synthguard.datasets import load_digits
 from synthguard.encoders import CacheWarning, EmbeddingCache
 
 ROOT = os.geteuid() == 0
 _FAST = sg.GuardConfig(batch_tests=())  # per-sample decisions only: no resampled nulls
-
-
-@pytest.fixture(scope="module")
-def digits() -> Any:
-    return load_digits("test")
-
-
-@pytest.fixture(scope="module")
-def reference(digits: Any, digits_encoder: Any) -> sg.Reference:
-    return digits_reference(digits, digits_encoder, 270)
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -17,20 +17,8 @@ import pytest
 import torch
 
 import synthguard as sg
-from _digits import digits_reference
-from synthguard.datasets import load_digits
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "synthguard"
-
-
-@pytest.fixture(scope="module")
-def digits() -> Any:
-    return load_digits("test")
-
-
-@pytest.fixture(scope="module")
-def reference(digits: Any, digits_encoder: Any) -> sg.Reference:
-    return digits_reference(digits, digits_encoder, 270)
 
 
 class _Failing:

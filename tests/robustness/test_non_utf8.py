@@ -19,23 +19,13 @@ from hypothesis import strategies as st
 import synthguard as sg
 from _digits import TEMPLATE, digits_reference
 from synthguard.cli import main
-from synthguard.datasets import DIGIT_NAMES, load_digits
+from synthguard.datasets import DIGIT_NAMES
 from synthguard.sources import read_pairs
 from synthguard.stats._hashing import content_hash, hash_ids
 
 # Lone surrogates: \udc80-\udcff are what surrogateescape makes of undecodable bytes.
 _surrogate = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 _text = st.lists(st.one_of(_surrogate, st.characters()), min_size=1, max_size=8).map("".join)
-
-
-@pytest.fixture(scope="module")
-def digits() -> Any:
-    return load_digits("test")
-
-
-@pytest.fixture(scope="module")
-def guard(digits: Any, digits_encoder: Any) -> sg.Guard:
-    return sg.Guard(digits_reference(digits, digits_encoder, 270), sg.GuardConfig(batch_tests=()))
 
 
 @settings(max_examples=150, deadline=None)
