@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from synthguard.checks._batch import RESAMPLED_TESTS
 from synthguard.checks._null import BatchContext
 from synthguard.checks._stacked import caption_duplicates, cmmd, coverage
+from synthguard.functional.drift import _psd_factor, _trace_sqrt_product
 
 __all__ = ["FLOAT32_TOLERANCE", "OPTIONAL_COLUMNS", "Precision", "batch_null", "draws"]
 
@@ -90,10 +91,11 @@ def batch_null(
         device = torch.device("cuda", torch.cuda.current_device())
     indices = draws(ctx, size, resamples, seed)
     step = _CHUNK_CUDA if device.type == "cuda" else _CHUNK_CPU
-    dtype = getattr(torch, precision)
-    if dtype == torch.float32 and not _float32_agrees(ctx, device, indices[:step], wanted):
-        dtype = torch.float64
-    tables = _Tables.build(ctx, device, dtype)
+    tables = _Tables.build(ctx, device, getattr(torch, precision))
+    if tables.dtype == torch.float32:
+        exact = _Tables.build(ctx, device, torch.float64)
+        if not _float32_agrees(tables, exact, indices[:step].to(device), wanted):
+            tables = exact
     out = torch.full((resamples, len(RESAMPLED_TESTS)), math.nan, dtype=torch.float64)
 
     def task(start: int) -> None:
@@ -113,14 +115,13 @@ def batch_null(
 
 
 def _float32_agrees(
-    ctx: BatchContext, device: torch.device, idx: torch.Tensor, wanted: set[str]
+    fast_tables: _Tables, exact_tables: _Tables, idx: torch.Tensor, wanted: set[str]
 ) -> bool:
     """The float64 check: whether float32 gives the float64 values of the first resamples to
     :data:`FLOAT32_TOLERANCE` (relative to each column's largest value). It fails where a
     statistic is ill-conditioned in float32 (e.g. a spectrum spread over many decades)."""
-    idx = idx.to(device)
-    fast = _values(_Tables.build(ctx, device, torch.float32), idx, wanted)
-    exact = _values(_Tables.build(ctx, device, torch.float64), idx, wanted)
+    fast = _values(fast_tables, idx, wanted)
+    exact = _values(exact_tables, idx, wanted)
     for name, value in exact.items():
         finite = torch.isfinite(value)
         if not torch.equal(finite, torch.isfinite(fast[name])):
@@ -197,7 +198,7 @@ def _values(tables: _Tables, idx: torch.Tensor, wanted: set[str]) -> dict[str, t
     out["variance_ratio"] = batch_tv.clamp_min(0.0) / ref_tv.clamp_min(1e-300)
 
     if {"vendi_ratio", "frechet_distance", "cmmd"} & wanted:
-        out.update(_products(tables, idx, batch_sum, batch_tv, wanted))
+        out.update(_products(tables, idx, batch_sum, batch_tv, ref_tv, wanted))
     if {"coverage", "density"} & wanted:
         out["coverage"], out["density"] = coverage(ctx, idx, select > 0, tables.image)
     out.update(_text_columns(tables, idx, select, wanted))
@@ -209,6 +210,7 @@ def _products(
     idx: torch.Tensor,
     batch_sum: torch.Tensor,
     batch_tv: torch.Tensor,
+    ref_tv: torch.Tensor,
     wanted: set[str],
 ) -> dict[str, torch.Tensor]:
     """The columns that need the resample's ``d × d`` or ``m × m`` products: Vendi, FD, CMMD."""
@@ -224,12 +226,9 @@ def _products(
     ref_outer = tables.sum_outer - outer
     ref_sum = tables.total - batch_sum
     if "vendi_ratio" in wanted:
-        batch_spectrum = gram if gram is not None and thin else outer
-        out["vendi_ratio"] = _exp_entropy(_eigvalsh(batch_spectrum / m)) / _exp_entropy(
-            _eigvalsh(ref_outer / n)
-        )
+        spectrum = gram if gram is not None and thin else outer
+        out["vendi_ratio"] = _vendi_ratio(spectrum, ref_outer, m, n)
     if "frechet_distance" in wanted:
-        ref_tv = _total_variance(tables.trace - tables.sq[idx].sum(dim=1), ref_sum, n)
         traces = batch_tv * m / (m - 1) + ref_tv * n / (n - 1)
         diff = batch_sum / m - ref_sum / n
         if thin:  # float32 would leave √(rounding) in Σ_x's null space
@@ -237,7 +236,8 @@ def _products(
             centred = rows - rows.mean(dim=1, keepdim=True)
             root = _trace_sqrt_thin(centred, _cov(ref_outer.double(), ref_sum, n))
         else:
-            root = _trace_sqrt_product(_cov(outer, batch_sum, m), _cov(ref_outer, ref_sum, n))
+            cov_y = _symmetric(_cov(ref_outer, ref_sum, n))
+            root = _trace_sqrt_product(_cov(outer, batch_sum, m), cov_y)
         out["frechet_distance"] = ((diff * diff).sum(dim=1) + traces - 2.0 * root).clamp_min(0.0)
     if gram is not None and "cmmd" in wanted:
         out["cmmd"] = cmmd(ctx, idx, gram, tables.sq[idx].to(dtype))
@@ -251,7 +251,7 @@ def _total_variance(sum_sq: torch.Tensor, total: torch.Tensor, n: int) -> torch.
 
 
 def _eigvalsh(a: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.eigvalsh((a + a.transpose(-1, -2)) / 2)
+    return torch.linalg.eigvalsh(_symmetric(a))
 
 
 def _exp_entropy(eigenvalues: torch.Tensor) -> torch.Tensor:
@@ -269,30 +269,23 @@ def _cov(outer: torch.Tensor, total: torch.Tensor, n: int) -> torch.Tensor:
     return (outer - mean_outer.to(outer.dtype)) / (n - 1)
 
 
-def _trace_sqrt_product(cov_x: torch.Tensor, cov_y: torch.Tensor) -> torch.Tensor:
-    """``[B]`` ``tr((Σ_y^½ Σ_x Σ_y^½)^½)`` through a Cholesky factor of ``Σ_y`` (a symmetric
-    square root where it is singular), as :func:`~synthguard.functional.frechet_distance`."""
-    cov_y = (cov_y + cov_y.transpose(1, 2)) / 2
-    factor, info = torch.linalg.cholesky_ex(cov_y)
-    for b in torch.nonzero(info).flatten().tolist():
-        w, v = torch.linalg.eigh(cov_y[b])
-        factor[b] = (v * w.clamp_min(0.0).sqrt()) @ v.T
-    inner = factor.transpose(1, 2) @ cov_x @ factor
-    return _eigvalsh(inner).clamp_min(0.0).sqrt().double().sum(dim=1)
-
-
 def _trace_sqrt_thin(centred: torch.Tensor, cov_y: torch.Tensor) -> torch.Tensor:
-    """``[B]`` the same trace for ``m ≤ d`` from the ``m × m`` matrix ``X_c R Rᵀ X_cᵀ/(m−1)``
-    (``Σ_y = R Rᵀ``, ``X_c`` the centred rows), in float64: its eigenvalues are the non-zero
-    ones of ``Σ_y^½ Σ_x Σ_y^½``."""
-    cov_y = (cov_y + cov_y.transpose(1, 2)) / 2
-    factor, info = torch.linalg.cholesky_ex(cov_y)
-    for b in torch.nonzero(info).flatten().tolist():
-        w, v = torch.linalg.eigh(cov_y[b])
-        factor[b] = (v * w.clamp_min(0.0).sqrt()) @ v.T
-    a = centred @ factor
+    """``[B]`` ``tr((Σ_y^½ Σ_x Σ_y^½)^½)`` for ``m ≤ d`` from the ``m × m`` matrix
+    ``X_c R Rᵀ X_cᵀ/(m−1)`` (``Σ_y = R Rᵀ``, ``X_c`` the centred rows), in float64: its
+    eigenvalues are the non-zero ones of ``Σ_y^½ Σ_x Σ_y^½``."""
+    a = centred @ _psd_factor(_symmetric(cov_y))
     inner = a @ a.transpose(1, 2) / (centred.shape[1] - 1)
     return _eigvalsh(inner).clamp_min(0.0).sqrt().sum(dim=1)
+
+
+def _symmetric(a: torch.Tensor) -> torch.Tensor:
+    return (a + a.transpose(-1, -2)) / 2
+
+
+def _vendi_ratio(spectrum: torch.Tensor, ref_outer: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """``[B]`` Vendi score of each resample (its ``m × m`` Gram or ``d × d`` outer product) over
+    its comparison's (``ref_outer``, ``Σxxᵀ`` of ``n`` rows)."""
+    return _exp_entropy(_eigvalsh(spectrum / m)) / _exp_entropy(_eigvalsh(ref_outer / n))
 
 
 def _text_columns(
@@ -316,11 +309,9 @@ def _text_columns(
         if "text_vendi_ratio" in wanted:
             t = tables.text_c[idx]
             outer = t.transpose(1, 2) @ t
-            batch = t @ t.transpose(1, 2) if m < t.shape[2] else outer
-            ref = (moments.sum_outer.to(idx.device, tables.dtype) - outer) / n
-            out["text_vendi_ratio"] = _exp_entropy(_eigvalsh(batch / m)) / _exp_entropy(
-                _eigvalsh(ref)
-            )
+            spectrum = t @ t.transpose(1, 2) if m < t.shape[2] else outer
+            ref_outer = moments.sum_outer.to(idx.device, tables.dtype) - outer
+            out["text_vendi_ratio"] = _vendi_ratio(spectrum, ref_outer, m, n)
     if ctx.support_tokens is not None:
         tokens = ctx.support_tokens.to(idx.device).double()
         kept = ctx.accepted.to(idx.device)

@@ -62,7 +62,7 @@ def coverage(
     coverage = ((counts > 0) & keep).sum(dim=1).double() / kept
     density = counts.sum(dim=1) / idx.shape[1] / ctx.k
     nan = torch.full_like(coverage, math.nan, dtype=torch.float64)
-    return torch.where(kept > 0, coverage.double(), nan), torch.where(kept > 0, density, nan)
+    return torch.where(kept > 0, coverage, nan), torch.where(kept > 0, density, nan)
 
 
 def cmmd(

@@ -101,15 +101,29 @@ def _trace_sqrt_product(cov_x: torch.Tensor, cov_y: torch.Tensor) -> torch.Tenso
     """``tr((Σ_y^½ Σ_x Σ_y^½)^½)``: the sum of square roots of the eigenvalues of ``Σ_x Σ_y``.
 
     Those eigenvalues are the ones of the symmetric PSD matrix ``Rᵀ Σ_x R`` for any factor
-    ``Σ_y = R Rᵀ``: the Cholesky factor when ``Σ_y`` is positive definite (3× faster than an
-    eigendecomposition at d = 2048), else the symmetric square root from ``eigh``.
+    ``Σ_y = R Rᵀ`` (:func:`_psd_factor`). Stacked ``[..., d, d]`` inputs give ``[...]`` traces
+    (the resampled null's), summed in float64.
     """
-    factor, info = torch.linalg.cholesky_ex(cov_y)
-    if int(info) != 0:  # singular (e.g. n <= d): symmetric root, negative rounding -> 0
-        w, v = torch.linalg.eigh(cov_y)
-        factor = (v * w.clamp_min(0.0).sqrt()) @ v.T
-    inner = factor.T @ cov_x @ factor
-    return torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0.0).sqrt().sum()
+    factor = _psd_factor(cov_y)
+    inner = factor.transpose(-1, -2) @ cov_x @ factor
+    roots = torch.linalg.eigvalsh((inner + inner.transpose(-1, -2)) / 2).clamp_min(0.0).sqrt()
+    return roots.to(torch.float64).sum(dim=-1)
+
+
+def _psd_factor(cov: torch.Tensor) -> torch.Tensor:
+    """A factor ``R`` with ``R Rᵀ = cov`` of each ``[..., d, d]`` PSD matrix: the Cholesky factor
+    when positive definite (3× faster than an eigendecomposition at d = 2048), else the
+    symmetric square root from ``eigh`` (singular, e.g. n <= d; negative rounding -> 0)."""
+    factor, info = torch.linalg.cholesky_ex(cov)
+    singular = torch.nonzero(info.reshape(-1)).flatten().tolist()
+    if singular:
+        d = cov.shape[-1]
+        flat, covs = factor.reshape(-1, d, d), cov.reshape(-1, d, d)
+        for b in singular:
+            w, v = torch.linalg.eigh(covs[b])
+            flat[b] = (v * w.clamp_min(0.0).sqrt()) @ v.T
+        factor = flat.reshape(cov.shape)
+    return factor
 
 
 def frechet_distance(x: Any, y: Any) -> float:
