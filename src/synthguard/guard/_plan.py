@@ -32,7 +32,14 @@ from synthguard.checks import (
 from synthguard.concepts import ConceptBank
 from synthguard.config import GuardConfig
 from synthguard.reference import Reference
-from synthguard.reference._ahead import GRID, PREDICTED_CLASS, NullSpec, grid_size, null_spec
+from synthguard.reference._ahead import (
+    GRID,
+    PREDICTED_CLASS,
+    NullSpec,
+    adds_class_group,
+    grid_size,
+    null_spec,
+)
 
 __all__ = ["GRID", "PREDICTED_CLASS", "GuardPlan"]
 
@@ -71,8 +78,6 @@ class GuardPlan:
         if config is not None and not isinstance(config, GuardConfig):
             raise InvalidInputError(f"config must be a GuardConfig; got {describe(config)}")
         config = config or GuardConfig()
-        available = reference.calibration.names
-        checks = tuple(SAMPLE_CHECKS[c] for c in config.sample_checks if c in available)
         banks = (*reference.concept_banks, *concept_banks)
         for bank in banks:
             if not isinstance(bank, ConceptBank):
@@ -89,12 +94,13 @@ class GuardPlan:
             bank.check_encoder(reference.fingerprint)
             if bank.margins is None:
                 bank.calibrate(reference.support_image)
-        if config.class_mix and PREDICTED_CLASS not in groups:
-            banks = (*banks, *_class_bank(reference))
-            groups = [g for bank in banks for g in bank.groups]
+        if adds_class_group(reference, config, groups):
+            banks = (*banks, _class_bank(reference))
+            groups = [*groups, PREDICTED_CLASS]
         # The given-label mix joins the family for labelled batches (GuardConfig.class_mix);
         # a default n_resamples adapts to the family, one the user set is checked.
         spec = null_spec(reference, config, groups, class_bank=False)
+        checks = tuple(SAMPLE_CHECKS[c] for c in spec.checks)
         family = spec.family
         if spec.resamples != config.n_resamples:
             config = config.model_copy(update={"n_resamples": spec.resamples})
@@ -257,13 +263,10 @@ def _advise_precompute(rows: int) -> None:
     )
 
 
-def _class_bank(reference: Reference) -> tuple[ConceptBank, ...]:
+def _class_bank(reference: Reference) -> ConceptBank:
     """The reference's classes as a concept group (its stored class embeddings, calibrated on
-    its support), so the predicted class mix is tested like any concept mix; none without
-    classes."""
-    if not reference.has_labels or reference.label_names is None:
-        return ()
-    assert reference.class_embeddings is not None
+    its support), so the predicted class mix is tested like any concept mix."""
+    assert reference.label_names is not None and reference.class_embeddings is not None
     bank = ConceptBank.from_parts(
         {PREDICTED_CLASS: reference.label_names},
         {PREDICTED_CLASS: reference.class_embeddings},
@@ -273,4 +276,4 @@ def _class_bank(reference: Reference) -> tuple[ConceptBank, ...]:
         uncertain_rate=0.05,
     )
     bank.calibrate(reference.support_image)
-    return (bank,)
+    return bank

@@ -22,7 +22,15 @@ from synthguard.concepts import ConceptBank
 from synthguard.config import GuardConfig
 from synthguard.reference._calibrated import CalibratedSupport
 
-__all__ = ["GRID", "PREDICTED_CLASS", "NullSpec", "calibrate_ahead", "grid_size", "null_spec"]
+__all__ = [
+    "GRID",
+    "PREDICTED_CLASS",
+    "NullSpec",
+    "adds_class_group",
+    "calibrate_ahead",
+    "grid_size",
+    "null_spec",
+]
 
 #: Sizes the batch tests run at: a geometric grid (ratio 2^¼). A batch is subsampled (seeded) to
 #: the largest grid size it reaches, so batches whose accepted counts differ by a few samples
@@ -63,6 +71,16 @@ class NullSpec:
             "checks": self.checks, "rejecting": self.rejecting,
             "columns": [t for t in cfg.batch_tests if t in RESAMPLED_TESTS],
         }  # fmt: skip
+
+
+def adds_class_group(
+    reference: CalibratedSupport, config: GuardConfig, groups: Sequence[str]
+) -> bool:
+    """Whether a guard adds the reference's classes as the concept group
+    :data:`PREDICTED_CLASS` (``GuardConfig.class_mix``, a reference with classes, no bank of
+    that group already)."""
+    has_classes = reference.has_labels and reference.label_names is not None
+    return config.class_mix and has_classes and PREDICTED_CLASS not in groups
 
 
 def null_spec(
@@ -111,11 +129,9 @@ def calibrate_ahead(
         raise InvalidInputError(f"config must be a GuardConfig; got {type(config).__name__}")
     config = config or GuardConfig()
     groups = [g for bank in concept_banks for g in bank.groups]
-    class_bank = (
-        config.class_mix and reference.has_labels and reference.label_names is not None
-        and PREDICTED_CLASS not in groups
-    )  # fmt: skip
-    spec = null_spec(reference, config, groups, class_bank=class_bank)
+    spec = null_spec(
+        reference, config, groups, class_bank=adds_class_group(reference, config, groups)
+    )
     pool = reference.accepted_support(config.alpha, spec.checks, spec.rejecting).numel()
     sizes: set[int] = set()
     for size in batch_sizes:

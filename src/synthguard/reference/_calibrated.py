@@ -243,10 +243,8 @@ class CalibratedSupport:
                 :class:`~synthguard.Guard` passes ``GuardConfig.threads``).
             progress: show a progress bar (after a second).
         """
-        calibration = self.sample_calibration(checks)
-        only = calibration.names if rejecting is None else tuple(rejecting)
-        key, size = self._null_key(size, alpha, resamples, seed, calibration.names, only)
-        context = self.batch_context(alpha, calibration.names, only)
+        key, size, names, only = self._null_key(size, alpha, resamples, seed, checks, rejecting)
+        context = self.batch_context(alpha, names, only)
         wanted = _null_columns(columns)
         with self._lock:
             cached = self._null_cache.get(key)
@@ -278,9 +276,7 @@ class CalibratedSupport:
         columns: Collection[str] | None = None,
     ) -> bool:
         """Whether :meth:`batch_null` with these arguments reads its cache (computes nothing)."""
-        calibration = self.sample_calibration(checks)
-        only = calibration.names if rejecting is None else tuple(rejecting)
-        key, _ = self._null_key(size, alpha, resamples, seed, calibration.names, only)
+        key = self._null_key(size, alpha, resamples, seed, checks, rejecting)[0]
         with self._lock:
             cached = self._null_cache.get(key)
             return cached is not None and not _missing(cached, _null_columns(columns))
@@ -291,9 +287,12 @@ class CalibratedSupport:
         alpha: float,
         resamples: int,
         seed: int,
-        names: tuple[str, ...],
-        only: tuple[str, ...],
-    ) -> tuple[str, int]:
+        checks: Sequence[str] | None,
+        rejecting: Sequence[str] | None,
+    ) -> tuple[str, int, tuple[str, ...], tuple[str, ...]]:
+        """``(cache key, size, checks, rejecting checks)`` of a null, ``size`` validated."""
+        names = self.sample_calibration(checks).names
+        only = names if rejecting is None else tuple(rejecting)
         pool = self.accepted_support(alpha, names, only)
         size = check_int("size", size, minimum=2)
         if size > pool.numel() // 2:
@@ -302,7 +301,7 @@ class CalibratedSupport:
                 f"real-vs-real resamples; got {size}"
             )
         key = f"{size}/{resamples}/{seed}/{float(alpha)!r}/{','.join(names)}/{','.join(only)}"
-        return key, size
+        return key, size, names, only
 
     def _cmmd_kernel(self) -> torch.Tensor:
         rows = self.support_image[: self.cmmd_rows]
