@@ -40,6 +40,7 @@ __all__ = [
     "batch_null_exact",
     "batch_values",
     "comparison",
+    "draws",
     "held_out",
 ]
 
@@ -307,19 +308,27 @@ def _kept(ctx: BatchContext, rows: int, exclude: torch.Tensor | None) -> torch.T
     return keep
 
 
+def draws(ctx: BatchContext, size: int, resamples: int, seed: int) -> torch.Tensor:
+    """``[R, size]`` support indices of the null's resamples (the same draws on every path)."""
+    generator = torch.Generator().manual_seed(seed)
+    pool = ctx.pool
+    out = torch.empty(resamples, size, dtype=torch.int64)
+    for i in range(resamples):
+        out[i] = pool[torch.randperm(pool.numel(), generator=generator)[:size]]
+    return out
+
+
 def batch_null_exact(ctx: BatchContext, size: int, resamples: int, seed: int) -> torch.Tensor:
     """``[R, K]`` resampled null of the distribution tests (columns: RESAMPLED_TESTS):
     ``size`` rows drawn from the accepted support, against the accepted support without them.
 
     The reference path: each resample through :func:`batch_values`, the public definition,
-    in float64. :func:`~synthguard.checks.batch_null` computes the same values, stacked and
-    about 10× faster; tests and benchmarks compare the two.
+    in float64. :func:`~synthguard.checks.batch_null` computes the same values from the same
+    :func:`draws`, stacked (5.6× faster on 2 CPU cores, docs/benchmarks.md); tests and
+    benchmarks compare the two.
     """
-    generator = torch.Generator().manual_seed(seed)
-    pool = ctx.pool
     out = torch.empty(resamples, len(RESAMPLED_TESTS), dtype=torch.float64)
-    for i in range(resamples):
-        idx = pool[torch.randperm(pool.numel(), generator=generator)[:size]]
+    for i, idx in enumerate(draws(ctx, size, resamples, seed)):
         tokens = None if ctx.support_tokens is None else ctx.support_tokens[idx]
         inputs = batch_inputs(ctx, ctx.support[idx], ctx.support_text[idx], tokens, idx)
         out[i] = torch.tensor(

@@ -15,7 +15,7 @@ row rebuilt). This module computes the same numbers from what the resamples shar
 
 The eigendecompositions, Gram and kernel matrices run in ``precision`` (float32 by default:
 2× faster on CPU); sums, means and traces stay float64. The float32 values match the float64
-ones to about 1e-6 relative (tests/test_resample.py), far below the null's Monte-Carlo
+ones to about 1e-5 relative (tests/test_resample.py), far below the null's Monte-Carlo
 resolution; docs/design.md, "Decision rules", says what that means for p-values.
 """
 
@@ -31,11 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from synthguard.checks._batch import RESAMPLED_TESTS
-from synthguard.checks._null import BatchContext
+from synthguard.checks._null import BatchContext, draws
 from synthguard.checks._stacked import caption_duplicates, cmmd, coverage
 from synthguard.functional.drift import _psd_factor, _trace_sqrt_product
 
-__all__ = ["FLOAT32_TOLERANCE", "OPTIONAL_COLUMNS", "Precision", "batch_null", "draws"]
+__all__ = ["FLOAT32_TOLERANCE", "OPTIONAL_COLUMNS", "Precision", "batch_null"]
 
 Precision = Literal["float32", "float64"]
 #: Columns computed only when asked for (their cost is a large share of a resample's).
@@ -45,16 +45,6 @@ OPTIONAL_COLUMNS = frozenset({"text_vendi_ratio", "caption_duplicate_rate"})
 FLOAT32_TOLERANCE = 1e-4
 #: Resamples per stacked step (CPU: per worker task; CUDA: per kernel launch set).
 _CHUNK_CPU, _CHUNK_CUDA = 4, 64
-
-
-def draws(ctx: BatchContext, size: int, resamples: int, seed: int) -> torch.Tensor:
-    """``[R, size]`` support indices of the resamples: the exact path's draws, in its order."""
-    generator = torch.Generator().manual_seed(seed)
-    pool = ctx.pool
-    out = torch.empty(resamples, size, dtype=torch.int64)
-    for i in range(resamples):
-        out[i] = pool[torch.randperm(pool.numel(), generator=generator)[:size]]
-    return out
 
 
 def batch_null(
