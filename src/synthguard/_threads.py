@@ -28,8 +28,9 @@ def available_threads() -> int:
 def default_threads() -> int:
     """A guard's default budget inside a training job: a quarter of the cores, 1 to 4.
 
-    The trainer and its data loaders want the cores; on a busy 2-core machine, default torch
-    threads made the calibration 15–20× slower than one thread (oversubscription).
+    The trainer and its data loaders want the cores: with a trainer busy on both cores of a
+    2-core machine, the per-resample null with default torch threads ran 6.6× slower than idle
+    (oversubscription), the stacked null in one thread 1.8× (docs/benchmarks.md).
     """
     return max(1, min(4, available_threads() // 4))
 

@@ -14,7 +14,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
 
 import torch
 
@@ -207,18 +206,14 @@ class GuardPlan:
         GPU, else the CPU."""
         if self.config.device is not None:
             return self.config.device
-        gpu = self.encoder_device is not None and not self.encoder_device.startswith("cpu")
-        return self.encoder_device if gpu and self.encoder_device else "cpu"
-
-    def null_arguments(self) -> dict[str, Any]:
-        """What the null depends on: the arguments of :meth:`Reference.batch_null`."""
-        return self.null_spec.arguments()
+        device = self.encoder_device
+        return device if device is not None and not device.startswith("cpu") else "cpu"
 
     def null(self, rows: int) -> tuple[torch.Tensor, bool]:
         """The resampled null at ``rows`` (cached on the reference and saved with it), and
         whether it was cached; computing it shows a progress bar and says once how to
         precompute it."""
-        args = self.null_arguments()
+        args = self.null_spec.arguments()
         cached = self.reference.has_batch_null(rows, **args)
         if not cached:
             _advise_precompute(rows)
