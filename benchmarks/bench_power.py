@@ -124,6 +124,9 @@ def main() -> None:
     parser.add_argument(
         "--extra-tests", default="", help="batch tests added to the default family, e.g. density"
     )
+    parser.add_argument(
+        "--weights", default="", help="Holm weights, e.g. flag_rate=3 (GuardConfig.test_weights)"
+    )
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -140,7 +143,12 @@ def main() -> None:
         labels=[labels[i] for i in ref_idx], label_names=DIGIT_NAMES, label_templates=TEMPLATE,
     )  # fmt: skip
     extra = tuple(t for t in args.extra_tests.split(",") if t)
-    guard = sg.Guard(reference, sg.GuardConfig(batch_tests=(*sg.GuardConfig().batch_tests, *extra)))
+    weights = {k: float(v) for k, v in (w.split("=") for w in args.weights.split(",") if w)}
+    config = sg.GuardConfig(
+        batch_tests=(*sg.GuardConfig().batch_tests, *extra),
+        **({"test_weights": weights} if weights else {}),
+    )
+    guard = sg.Guard(reference, config)
     ref_image = enc.encode_images([images[i] for i in ref_idx]).double()
     ref_text = enc.encode_texts([captions[i] for i in ref_idx]).double()
     ref_cos = (ref_image * ref_text).sum(dim=1)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from _holm import closed_weighted_bonferroni
 from synthguard import functional as F
 from synthguard.checks import (
     BATCH_TESTS,
@@ -144,6 +145,50 @@ def test_holm_matches_the_textbook_procedure(p: list[float], alpha: float) -> No
     assert adjusted == pytest.approx(ref_adjusted)
     assert [a <= alpha for a in adjusted] == rejected
     assert sorted(levels) == pytest.approx(sorted(alpha / (len(p) - i) for i in range(len(p))))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0.0, 1.0), st.sampled_from([0.5, 1.0, 2.0, 3.0, 7.5])),
+        min_size=1, max_size=7,
+    ),
+    st.floats(0.001, 0.3),
+)  # fmt: skip
+def test_weighted_holm_is_the_closure_of_weighted_bonferroni(
+    tests: list[tuple[float, float]], alpha: float
+) -> None:
+    p, w = [t[0] for t in tests], [t[1] for t in tests]
+    levels, adjusted, rejected = holm(p, alpha, w)
+    ref_rejected, ref_adjusted = closed_weighted_bonferroni(p, w, alpha)
+    assert adjusted == pytest.approx(ref_adjusted)
+    # Ties at the level itself may round either way; elsewhere the decisions agree.
+    agree = zip(rejected, ref_rejected, adjusted, strict=True)
+    assert all(r == q or abs(a - alpha) < 1e-9 for r, q, a in agree)
+    assert [a <= alpha for a in adjusted] == rejected
+    assert all(0 < lv <= alpha * (1 + 1e-12) for lv in levels)
+
+
+def test_weighted_holm_keeps_the_family_wise_error_rate() -> None:
+    """Monte Carlo under the global null (independent uniform p-values): the weighted family
+    rejects anything at most alpha of the time, and a heavy test takes its larger share."""
+    rng = np.random.default_rng(0)
+    alpha, w, draws = 0.05, [3.0, 1.0, 1.0, 1.0, 1.0, 1.0], 20000
+    any_rejected = heavy_rejected = 0
+    for p in rng.random((draws, len(w))):
+        _, _, rejected = holm(list(p), alpha, w)
+        any_rejected += any(rejected)
+        heavy_rejected += rejected[0]
+    se = math.sqrt(alpha * (1 - alpha) / draws)
+    assert any_rejected / draws <= alpha + 3 * se
+    # The heavy test is tried first at about alpha·3/8 (more when the others fall first).
+    assert heavy_rejected / draws == pytest.approx(alpha * 3 / 8, abs=4 * se)
+
+
+def test_holm_refuses_bad_weights() -> None:
+    for weights in ([1.0], [1.0, 0.0], [1.0, -2.0], [1.0, math.inf]):
+        with pytest.raises(ValueError, match="weights must be 2 positive finite numbers"):
+            holm([0.1, 0.2], 0.05, weights)
 
 
 # -- batch metrics against the functional core and peers -----------------------------------

@@ -13,6 +13,7 @@ from PIL import Image
 
 import synthguard as sg
 from _digits import TEMPLATE, digits_reference
+from _holm import closed_weighted_bonferroni
 from synthguard.datasets import DIGIT_NAMES, load_digits
 from synthguard.relabel import Recaptioner
 
@@ -370,6 +371,27 @@ def test_generic_captions_are_not_accepted_and_the_good_samples_are_kept(
             assert kept is None
 
 
+def test_test_weights_set_each_tests_holm_level(reference: sg.Reference, digits: Any) -> None:
+    """The report's levels, adjusted p-values and verdicts are the closure of weighted
+    Bonferroni tests over its own p-values (brute force), and weight moves level to a test."""
+    captions = list(digits.captions[300:400])
+    captions[:25] = captions[50:75]  # a quarter miscaptioned: a raised reject rate
+    batch = _batch(digits, 300, 400, captions=captions)
+    levels = {}
+    for weights in ({}, {"flag_rate": 6.0, "coverage": 0.5}):
+        config = sg.GuardConfig(alpha_batch=0.1, n_resamples=399, test_weights=weights)
+        report = sg.Guard(reference, config).check(batch)
+        family = [m for m in report.metrics.values() if m.passed is not None]
+        w = [config.test_weight(m.name) for m in family]
+        rejected, adjusted = closed_weighted_bonferroni([m.p_value for m in family], w, 0.1)
+        assert [m.adjusted_p_value for m in family] == pytest.approx(adjusted)
+        assert [not m.passed for m in family] == rejected
+        levels[bool(weights)] = report.metrics["flag_rate"].level
+    # flag_rate has the smallest p, so it is tried first: at 0.1/10, then at 0.1·6/14.5.
+    assert levels[False] == pytest.approx(0.1 / 10)
+    assert levels[True] == pytest.approx(0.1 * 6 / 14.5)
+
+
 def test_inverted_images_are_not_accepted(guard: sg.Guard, digits: Any) -> None:
     inverted = [Image.fromarray(255 - np.asarray(im)) for im in digits.images[300:332]]
     report = guard.check(_batch(digits, 300, 332, images=inverted))
@@ -476,9 +498,22 @@ def test_caption_side_tests_see_a_collapsing_captioner(guard: sg.Guard, digits: 
         ({"alpah": 0.1}, "alpah: Extra inputs are not permitted"),
         ({"n_resamples": 99}, "n_resamples must be >= 799"),
         ({"batch_tests": ("coverage", "coverage")}, "must not repeat"),
+        ({"test_weights": {"coverge": 2.0}}, "test_weights keys must be batch tests .*'coverge'"),
+        ({"test_weights": {"coverage": 0.0}}, r"test_weights\.0\.1: Input should be greater"),
+        ({"test_weights": {"coverage": 4.0}, "n_resamples": 1000}, r"n_resamples must be >= 1099"),
     ],
 )
 def test_config_errors_are_invalid_input_errors(arguments: dict[str, Any], match: str) -> None:
     """Issue 16: pydantic's ValidationError escaped the public API."""
     with pytest.raises(sg.InvalidInputError, match=match):
         sg.GuardConfig(**arguments)
+
+
+def test_test_weights_are_a_mapping_kept_hashable_and_round_trip() -> None:
+    config = sg.GuardConfig(test_weights={"flag_rate": 2, "coverage": 1.5})
+    assert config.test_weights == (("coverage", 1.5), ("flag_rate", 2.0))
+    assert config.test_weight("flag_rate") == 2.0 and config.test_weight("cmmd") == 1.0
+    hash(config)  # a frozen config stays usable as a key
+    assert sg.GuardConfig(**config.to_dict()) == config  # JSON form (pairs) reads back
+    # 8 default tests, weights 2 and 1.5 among 1s: total 9.5 over the smallest weight 1.
+    assert config.holm_span(config.batch_tests) == 9.5

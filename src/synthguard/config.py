@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, cast
 
 import torch
@@ -29,8 +30,9 @@ class GuardConfig(BaseModel):
             batch is rejected with probability at most ``alpha_batch``.
         n_resamples: real-vs-real resamples per batch size for the batch tests' null
             distributions. Must allow the smallest Holm level, ``(n_resamples + 1) ·
-            alpha_batch / K >= 1`` for the K tests of the family. Left at its default, a guard
-            raises it to ``K / alpha_batch − 1`` when concept groups and the class mix make
+            alpha_batch / S >= 1`` with ``S`` the family's total weight over its smallest
+            (``K`` for ``K`` equal weights; see ``test_weights``). Left at its default, a guard
+            raises it to ``S / alpha_batch − 1`` when concept groups and the class mix make
             the family larger than ``batch_tests``; a value you set is checked instead.
         seed: seed of the resamples and of row subsampling; equal seeds give equal reports.
         label_policy: what a calibrated label disagreement does: ``"relabel"`` (take the frozen
@@ -43,6 +45,15 @@ class GuardConfig(BaseModel):
             p-value; those not listed are informational. Opt-in: ``alignment_variance``.
             ``flag_rate`` (far more per-sample rejects than real data gives) makes the verdict
             ``"excess_rejects"``, which keeps the accepted samples; the others ``"rejected"``.
+        test_weights: Holm weights of tests in the family, by name (a batch test,
+            ``label_drift`` or ``concept:<group>``); unnamed tests weigh 1. The weighted Holm
+            procedure tries a test of weight ``w`` at ``alpha_batch · w / W`` (``W``: the weight
+            of the tests not yet tried), so the family-wise error rate stays ``alpha_batch``
+            while a heavier test needs less evidence, and a lighter one more. The smallest
+            level sets the resamples the nulls need (``n_resamples``). Default: equal weights.
+            ``{"flag_rate": 6}`` catches batches with a raised reject rate about as readily as
+            a single reject-rate test, for 50 % more resamples (docs/guard.md, "Power against
+            known-bad batches").
         class_mix: when the reference has classes (labels and class embeddings), test the
             class mix in the Holm family: the frozen model's predicted classes of the accepted
             samples against the accepted support's (``concept:predicted_class``) and, for
@@ -97,6 +108,7 @@ class GuardConfig(BaseModel):
     batch_tests: tuple[BatchTestName, ...] = cast(
         "tuple[BatchTestName, ...]", tuple(n for n, t in BATCH_TESTS.items() if t.default)
     )
+    test_weights: tuple[tuple[str, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]], ...] = ()
     min_batch_size: Annotated[int, Field(ge=2)] = 10
     max_batch_rows: Annotated[int, Field(ge=2)] = 1024
     class_mix: bool = True
@@ -121,6 +133,35 @@ class GuardConfig(BaseModel):
             return (*value[:at], "near_duplicate", *value[at:])
         return value
 
+    @field_validator("test_weights", mode="before")
+    @classmethod
+    def _weights_by_name(cls, value: Any) -> Any:
+        # Given as a mapping (the natural spelling); kept as sorted pairs so the config stays
+        # hashable and its JSON stable.
+        if isinstance(value, Mapping):
+            value = tuple(sorted(value.items()))
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                name = item[0] if isinstance(item, (list, tuple)) and item else item
+                known = name in BATCH_TESTS or name == "label_drift"
+                if not (known or (isinstance(name, str) and name.startswith("concept:"))):
+                    raise ValueError(
+                        "test_weights keys must be batch tests "
+                        f"({', '.join(BATCH_TESTS)}), 'label_drift' or 'concept:<group>'; "
+                        f"got {name!r}"
+                    )
+        return value
+
+    def test_weight(self, name: str) -> float:
+        """The Holm weight of the test ``name`` (1 unless ``test_weights`` names it)."""
+        return dict(self.test_weights).get(name, 1.0)
+
+    def holm_span(self, names: Sequence[str]) -> float:
+        """Total weight over smallest weight of the family ``names``: the smallest Holm level
+        is ``alpha_batch / holm_span`` (``len(names)`` with equal weights)."""
+        weights = [self.test_weight(n) for n in names]
+        return sum(weights) / min(weights) if weights else 0.0
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str | None) -> str | None:
@@ -139,15 +180,15 @@ class GuardConfig(BaseModel):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} must not repeat entries; got {list(values)}")
-        k = len(self.batch_tests)
+        span = self.holm_span(self.batch_tests)
         # Left at its default, n_resamples is raised to what the family needs (GuardPlan).
         explicit = "n_resamples" in self.model_fields_set
-        if explicit and k and (self.n_resamples + 1) * self.alpha_batch / k < 1.0:
-            needed = math.ceil(k / self.alpha_batch) - 1
+        if explicit and span and (self.n_resamples + 1) * self.alpha_batch / span < 1.0 - 1e-9:
+            needed = math.ceil(span / self.alpha_batch - 1e-9) - 1
             raise ValueError(
-                f"n_resamples must be >= {needed} so the smallest Holm level alpha_batch/{k} = "
-                f"{self.alpha_batch / k:.2g} is reachable by a resampling p-value; got "
-                f"{self.n_resamples}"
+                f"n_resamples must be >= {needed} so the smallest Holm level alpha_batch/"
+                f"{span:g} = {self.alpha_batch / span:.2g} is reachable by a resampling "
+                f"p-value; got {self.n_resamples}"
             )
         return self
 

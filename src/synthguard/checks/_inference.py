@@ -51,23 +51,39 @@ def bound_at(null: torch.Tensor, level: float, direction: Direction) -> float | 
     return float(ordered[c])
 
 
-def holm(p_values: list[float], alpha: float) -> tuple[list[float], list[float], list[bool]]:
-    """Holm's step-down procedure: per test its level, adjusted p-value and rejection.
+def holm(
+    p_values: list[float], alpha: float, weights: list[float] | None = None
+) -> tuple[list[float], list[float], list[bool]]:
+    """Holm's step-down procedure, weighted (Holm 1979): per test its level, adjusted p-value
+    and rejection.
 
-    The test of rank ``i`` (0-based, ascending p) is tried at ``alpha / (K − i)``; testing stops
-    at the first that passes. Adjusted p-values ``max_{j<=i} min(1, (K − j)·p_(j))`` are
-    rejected exactly when ``<= alpha``.
+    Tests are tried in ascending ``p / w``; with ``W`` the total weight of the tests not yet
+    tried, the next is tried at ``alpha · w / W``, and testing stops at the first that passes.
+    Adjusted p-values ``max_{j<=i} min(1, p_(j) · W_j / w_(j))`` are rejected exactly when
+    ``<= alpha``. Equal weights (the default) give the textbook procedure: ``alpha / (K − i)``
+    for the test of rank ``i``. The family-wise error rate is at most ``alpha`` for any positive
+    weights.
+
+    Example:
+        >>> holm([0.004, 0.03], 0.01, weights=[1.0, 3.0])[0]  # levels
+        [0.0025, 0.01]
     """
     k = len(p_values)
-    order = np.argsort(np.asarray(p_values, dtype=np.float64), kind="stable")
+    w = np.ones(k) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (k,) or not bool(np.all(np.isfinite(w) & (w > 0))):
+        raise ValueError(f"weights must be {k} positive finite numbers; got {weights!r}")
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p / w, kind="stable")
     levels, adjusted, rejected = [0.0] * k, [0.0] * k, [False] * k
-    running, still = 0.0, True
-    for rank, index in enumerate(order):
-        levels[index] = alpha / (k - rank)
-        running = max(running, min(1.0, (k - rank) * p_values[index]))
+    # Integer weights keep ``remaining`` exact, so equal weights give alpha / (K − i) exactly.
+    remaining, running = float(w.sum()), 0.0
+    for index in order:
+        levels[index] = alpha * float(w[index]) / remaining
+        running = max(running, min(1.0, float(p[index]) * remaining / float(w[index])))
         adjusted[index] = running
-        still = still and p_values[index] <= levels[index]
-        rejected[index] = still
+        # p <= level, read off the adjusted p-value so both always agree (no rounding split).
+        rejected[index] = running <= alpha
+        remaining -= float(w[index])
     return levels, adjusted, rejected
 
 

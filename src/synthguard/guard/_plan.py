@@ -100,14 +100,15 @@ class GuardPlan:
         # a default n_resamples adapts to the family, one the user set is checked.
         spec = null_spec(reference, config, groups, class_bank=False)
         checks = tuple(SAMPLE_CHECKS[c] for c in spec.checks)
-        family = spec.family
+        span = config.holm_span(spec.family)
         if spec.resamples != config.n_resamples:
             config = config.model_copy(update={"n_resamples": spec.resamples})
-        if family and (config.n_resamples + 1) * config.alpha_batch / family < 1:
+        if span and (config.n_resamples + 1) * config.alpha_batch / span < 1 - 1e-9:
             raise InvalidInputError(
-                f"n_resamples must be >= {math.ceil(family / config.alpha_batch) - 1} for "
-                f"{family} batch tests (concept groups and the class mix included) at alpha_batch "
-                f"{config.alpha_batch}; got {config.n_resamples}"
+                f"n_resamples must be >= {math.ceil(span / config.alpha_batch - 1e-9) - 1} for "
+                f"{len(spec.family)} batch tests (concept groups and the class mix included; "
+                f"Holm span {span:g}) at alpha_batch {config.alpha_batch}; got "
+                f"{config.n_resamples}"
             )
         return cls(config=config, reference=reference, checks=checks, concept_banks=banks)
 

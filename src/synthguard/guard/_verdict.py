@@ -203,10 +203,12 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
     out.concepts = _concept_tests(plan, summary) if distribution and dup_rows else []
     mixes = [*out.concepts, *_label_mix(plan, summary)]
     p = [v.p for v in ran] + [drift.p_value for drift in mixes]
-    levels, adjusted, rejected = holm(p, cfg.alpha_batch) if p else ([], [], [])
+    names = [v.test.name for v in ran] + [_mix_name(drift) for drift in mixes]
+    weights = [cfg.test_weight(name) for name in names]
+    levels, adjusted, rejected = holm(p, cfg.alpha_batch, weights) if p else ([], [], [])
     for j, drift in enumerate(mixes, start=len(ran)):
         tails = f"; tail loss: {', '.join(drift.tail_loss)}" if drift.tail_loss else ""
-        name = "label_drift" if drift.group == _GIVEN_LABELS else f"concept:{drift.group}"
+        name = names[j]
         what = "given labels" if drift.group == _GIVEN_LABELS else "concept mix"
         out.metrics[name] = MetricResult(
             name=name, value=drift.js_divergence, direction="high",
@@ -240,6 +242,10 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
     out.risk = 1.0 - min(adjusted)
     out.rows = rows if distribution else 0
     return out
+
+
+def _mix_name(drift: ConceptDrift) -> str:
+    return "label_drift" if drift.group == _GIVEN_LABELS else f"concept:{drift.group}"
 
 
 def _concept_tests(plan: GuardPlan, summary: BatchSummary) -> list[ConceptDrift]:

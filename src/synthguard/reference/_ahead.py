@@ -54,14 +54,15 @@ class NullSpec:
         checks: the enabled per-sample checks the reference calibrates, in config order.
         rejecting: those whose flag rejects a sample.
         resamples: ``n_resamples``, raised to what the Holm family needs when left default.
-        family: the number of tests in the Holm family (concept groups, class mix included).
+        family: the names of the tests in the Holm family (concept groups, class mix
+            included).
     """
 
     config: GuardConfig
     checks: tuple[str, ...]
     rejecting: tuple[str, ...]
     resamples: int
-    family: int
+    family: tuple[str, ...]
 
     def arguments(self) -> dict[str, Any]:
         """Keyword arguments of ``Reference.batch_null`` (and ``has_batch_null``)."""
@@ -94,9 +95,13 @@ def null_spec(
     rejecting = tuple(
         c for c in checks if not SAMPLE_CHECKS[c].label_policy or reject_labels
     )  # fmt: skip
-    label_mix = int(config.class_mix and reference.stats.num_labels is not None)
-    family = len(config.batch_tests) + len(groups) + int(class_bank) + label_mix
-    needed = math.ceil(family / config.alpha_batch - 1e-9) - 1
+    label_mix = config.class_mix and reference.stats.num_labels is not None
+    family = (
+        *config.batch_tests, *(f"concept:{g}" for g in groups),
+        *((f"concept:{PREDICTED_CLASS}",) if class_bank else ()),
+        *(("label_drift",) if label_mix else ()),
+    )  # fmt: skip
+    needed = math.ceil(config.holm_span(family) / config.alpha_batch - 1e-9) - 1
     resamples = config.n_resamples
     if resamples < needed and "n_resamples" not in config.model_fields_set:
         resamples = needed  # the default adapts to the family; a value the user set is checked
