@@ -28,7 +28,7 @@ MODULES = [
     "synthguard.guard",
     "synthguard.integrations.torch",
     "synthguard.integrations.torchmetrics",
-    "synthguard.monitor",
+    "synthguard.monitor._monitor",
     "synthguard.config",
     "synthguard.reference",
     "synthguard.relabel",
