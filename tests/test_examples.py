@@ -58,3 +58,48 @@ def test_hf_dataset_gate_keeps_only_accepted_chunks_samples(capsys: Any) -> None
     accepted = [int(line.split(", ")[-1].split()[0]) for line in lines if "REJECTED" not in line]
     kept = int(out.split("kept for training: ")[1].split()[0])
     assert kept == sum(accepted) and int(lines[1].split(", ")[-1].split()[0]) <= 30
+
+
+@pytest.mark.slow
+def test_lightning_gate_voids_the_collapsed_batches_and_logs_every_step(
+    tmp_path: Path, capsys: Any
+) -> None:
+    pytest.importorskip("lightning")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert _load("lightning_gate").main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    verdicts = [line.split(": ")[1].split(",")[0] for line in out.splitlines()
+                if line.startswith("batch: ")]  # fmt: skip
+    assert [i for i, v in enumerate(verdicts) if v == "rejected"] == [3, 6]  # the collapsed
+    assert "optimizer steps voided: 2 of 8" in out
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    accepted = [e.value for e in events.Scalars("synthguard/accepted")]
+    assert accepted == [float(v == "accepted") for v in verdicts]
+    assert [e.value for e in events.Scalars("synthguard/steps_skipped")] == [0, 0, 0, 0, 1, 1, 1, 2]
+
+
+@pytest.mark.slow
+def test_monitor_trackers_logs_one_record_to_the_file_tensorboard_and_mlflow(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert _load("monitor_trackers").main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "loop.jsonl").read_text().splitlines()]
+    ratios = [r["metrics"]["variance_ratio"] for r in records]
+    assert len(records) == 5 and ratios[-1] < 0.85 * ratios[0]  # diversity lost
+    assert "variance_ratio" in [w["metric"] for w in records[-1]["warnings"]]
+    assert "generation 4 (2 classes): rejected" in out
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("monitor/variance_ratio")] == pytest.approx(ratios)
+    run_id = out.split("MLflow run ")[1].split()[0]
+    history = mlflow.MlflowClient(f"file:{tmp_path / 'mlruns'}").get_metric_history(
+        run_id, "monitor/variance_ratio"
+    )
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(ratios)
