@@ -26,6 +26,8 @@ MODULES = [
     "synthguard.functional.mmd",
     "synthguard.functional.text",
     "synthguard.guard",
+    "synthguard.integrations.lightning",
+    "synthguard.integrations.ray",
     "synthguard.integrations.torch",
     "synthguard.integrations.torchmetrics",
     "synthguard.monitor._monitor",
