@@ -244,6 +244,30 @@ def test_the_monitor_forwards_to_a_lightning_logger(tmp_path: Path) -> None:
     ]
 
 
+# -- examples/lightning_gate.py ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_lightning_gate_voids_the_collapsed_batches_and_logs_every_step(
+    tmp_path: Path, capsys: Any
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from test_examples import _load
+
+    assert _load("lightning_gate").main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    verdicts = [line.split(": ")[1].split(",")[0] for line in out.splitlines()
+                if line.startswith("batch: ")]  # fmt: skip
+    assert [i for i, v in enumerate(verdicts) if v == "rejected"] == [3, 6]  # the collapsed
+    assert "optimizer steps voided: 2 of 8" in out
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    accepted = [e.value for e in events.Scalars("synthguard/accepted")]
+    assert accepted == [float(v == "accepted") for v in verdicts]
+    assert [e.value for e in events.Scalars("synthguard/steps_skipped")] == [0, 0, 0, 0, 1, 1, 1, 2]
+
+
 # -- DDP: two CPU processes (gloo), Lightning's own ddp_spawn --------------------------------
 
 

@@ -148,3 +148,33 @@ def test_bad_loggers_are_named_and_a_failing_tracker_only_warns(tmp_path: Path) 
     ):
         monitor.log(0, {"variance_ratio": 1.0})
     assert json.loads((tmp_path / "b.jsonl").read_text())["metrics"] == {"variance_ratio": 1.0}
+
+
+# -- examples/monitor_trackers.py -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_monitor_trackers_logs_one_record_to_the_file_tensorboard_and_mlflow(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from test_examples import _load
+
+    assert _load("monitor_trackers").main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "loop.jsonl").read_text().splitlines()]
+    ratios = [r["metrics"]["variance_ratio"] for r in records]
+    assert len(records) == 5 and ratios[-1] < 0.85 * ratios[0]  # diversity lost
+    assert "variance_ratio" in [w["metric"] for w in records[-1]["warnings"]]
+    assert "generation 4 (2 classes): rejected" in out
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("monitor/variance_ratio")] == pytest.approx(ratios)
+    run_id = out.split("MLflow run ")[1].split()[0]
+    history = mlflow.MlflowClient(f"file:{tmp_path / 'mlruns'}").get_metric_history(
+        run_id, "monitor/variance_ratio"
+    )
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(ratios)

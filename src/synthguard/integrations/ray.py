@@ -72,7 +72,9 @@ def actor_cpus(cluster_cpus: float, concurrency: int) -> float:
         >>> actor_cpus(2, 2), actor_cpus(16, 4), actor_cpus(1, 1)
         (0.25, 1.0, 0.0)
     """
-    share = max(float(cluster_cpus) - 1.0, 0.0) / (2 * concurrency)
+    cpus = check_float("cluster_cpus", cluster_cpus, low=0.0)
+    pool = check_int("concurrency", concurrency, minimum=1)
+    share = max(cpus - 1.0, 0.0) / (2 * pool)
     return min(1.0, math.floor(share * 10_000) / 10_000)
 
 
