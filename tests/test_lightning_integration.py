@@ -244,6 +244,26 @@ def test_the_monitor_forwards_to_a_lightning_logger(tmp_path: Path) -> None:
     ]
 
 
+def test_a_batch_that_cannot_be_converted_fails_the_check_for_every_rank(
+    guard: sg.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under DDP the other ranks wait in the check's first collective: a rank whose batch
+    cannot even become a PairBatch must still tell them it failed (shard.fail)."""
+    import synthguard.integrations.lightning as module
+
+    failed: list[bool] = []
+
+    class Shard:
+        def fail(self) -> None:
+            failed.append(True)
+
+    monkeypatch.setattr(module, "shard_for", lambda sync: Shard())
+    callback = SynthGuardCallback(guard, pairs=lambda batch: list(batch))
+    with pytest.raises(sg.InvalidInputError, match="pairs\\(batch\\) must return a PairBatch"):
+        callback.on_train_batch_start(None, None, {"x": 1}, 0)
+    assert failed == [True]
+
+
 # -- examples/lightning_gate.py ---------------------------------------------------------------
 
 

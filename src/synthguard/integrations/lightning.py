@@ -33,6 +33,7 @@ from synthguard._reasons import ReasonCode
 from synthguard._validation import describe
 from synthguard.batch import PairBatch
 from synthguard.guard import Guard
+from synthguard.guard._summary import shard_for
 from synthguard.report import GuardReport
 
 try:
@@ -162,9 +163,15 @@ class SynthGuardCallback(Callback):
     ) -> None:
         if self._stepped:  # the voided window ended with the step(s) of the last batch
             self._void = self._stepped = False
-        pairs = self.pairs(batch)
-        if not isinstance(pairs, PairBatch):
-            raise InvalidInputError(f"pairs(batch) must return a PairBatch; got {describe(pairs)}")
+        try:
+            pairs = self.pairs(batch)
+            if not isinstance(pairs, PairBatch):
+                raise InvalidInputError(
+                    f"pairs(batch) must return a PairBatch; got {describe(pairs)}"
+                )
+        except BaseException:
+            shard_for(None).fail()  # under DDP the other ranks raise instead of waiting
+            raise
         # sync=None: inside Lightning's DDP process group every rank checks together and gets
         # the verdict of all ranks' rows, so all of them void the same steps.
         report = self.guard.check(pairs)
