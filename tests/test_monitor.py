@@ -57,6 +57,18 @@ def test_a_sustained_decline_warns_once_four_generations_show_it(tmp_path: Path)
     assert "Mann–Kendall" in warning.message
 
 
+def test_a_generation_may_leave_a_tracked_metric_out(tmp_path: Path) -> None:
+    """A falling metric missing from the newest generation raised KeyError, and the generation
+    was lost; it is simply not warned about there (the trend resumes when it comes back)."""
+    monitor = sg.CollapseMonitor(tmp_path / "log.jsonl")
+    for g, v in enumerate([1.0, 0.9, 0.8, 0.7]):
+        monitor.log(g, {"variance_ratio": v, "accuracy": 0.9})
+    record = monitor.log(4, {"accuracy": 0.8})
+    assert record["warnings"] == [] and monitor.next_generation == 5
+    assert [w.generation for w in monitor.warnings] == [3]
+    assert monitor.log(5, {"variance_ratio": 0.6})["warnings"][0]["metric"] == "variance_ratio"
+
+
 def test_no_warning_for_noise_or_tiny_moves(tmp_path: Path) -> None:
     noisy = sg.CollapseMonitor(tmp_path / "a.jsonl")
     for g, v in enumerate([1.0, 0.99, 1.01, 0.995, 1.0, 1.005, 0.99]):

@@ -191,7 +191,8 @@ def test_package_surfaces_are_frozen(name: str) -> None:
 INTEGRATIONS = {
     "torch": TORCH_INTEGRATION,
     "torchmetrics": {"CollapseMetrics"},
-    "ray": {"PoolAudit", "audit", "embed"},
+    "ray": {"PoolAudit", "actor_cpus", "audit", "embed"},
+    "lightning": {"SynthGuardCallback", "batch_pairs"},
     "hf_datasets": {"guard_dataset"},
 }
 

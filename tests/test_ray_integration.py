@@ -240,3 +240,50 @@ def test_rows_of_a_rejected_pool_are_not_accepted(
     assert len(rows) == len(threes) and not any(row["sg_accepted"] for row in rows)
     assert sum(bool(row["sg_sample_accepted"]) for row in rows) == result.report.n_accepted > 0
     assert result.decisions.filter(lambda row: row["sg_accepted"]).count() == 0
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 9, 16, 64])
+@pytest.mark.parametrize("concurrency", [1, 2, 3, 7, 8])
+def test_actor_cpus_leave_one_cpu_slot_for_two_pools(cpus: int, concurrency: int) -> None:
+    """The default share is the largest on Ray's 1e-4 grid, at most 1, with which two pools of
+    ``concurrency`` actors leave a whole CPU for the tasks feeding them (brute force)."""
+    from synthguard.integrations.ray import actor_cpus
+
+    grid = [k / 10_000 for k in range(10_001)]
+    want = max(s for s in grid if 2 * concurrency * s <= cpus - 1 + 1e-12)
+    assert actor_cpus(cpus, concurrency) == want
+    assert cpus - 2 * concurrency * actor_cpus(cpus, concurrency) >= 1 - 1e-9 or cpus < 1
+
+
+def test_an_explicit_num_cpus_that_fills_the_cluster_is_named(local_ray: None) -> None:
+    from synthguard.integrations.ray import embed
+
+    ds = ray.data.from_items([{"image": b"", "caption": ""}])
+    with pytest.warns(UserWarning, match=r"concurrency=2 actors of num_cpus=1.0 reserve 2 of"):
+        embed(ds, "bundled:digits", batch_size=4, concurrency=2, num_cpus=1)  # lazy: not run
+    with pytest.raises(sg.InvalidInputError, match=r"num_cpus must be >= 0\.0, got -1\.0"):
+        embed(ds, "bundled:digits", batch_size=4, num_cpus=-1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_the_ray_example_streams_two_embedding_actors_on_two_cpus(
+    local_ray: None, tmp_path: Path, capsys: Any
+) -> None:
+    """examples/ray_audit.py on the 2-CPU instance: 2 embedding actors streamed into audit.
+    Before the CPU shares (issue 17 item 7) the read tasks waited for ever behind the actors;
+    the timeout turns such a stall into a failure."""
+    import pyarrow.parquet as pq
+
+    from test_examples import _load
+
+    assert _load("ray_audit").main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows, kept = (int(v) for v in out.split("pool: ")[1].split(" may")[0].split(" rows, "))
+    assert rows == 160 and 0 < kept < rows
+    accepted = pq.read_table(tmp_path / "accepted").to_pydict()
+    assert len(accepted["id"]) == kept and all(accepted["sg_accepted"])
+    # The wrong captions (every fifth row) are what the guard rejects, for low alignment.
+    wrong = {i for j, i in enumerate(range(300, 460)) if j % 5 == 0}
+    assert len(wrong & set(accepted["id"])) <= 2
+    assert int(out.split("rejected for low_alignment: ")[1].split()[0]) >= 28

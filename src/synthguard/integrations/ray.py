@@ -14,6 +14,13 @@ verdict on the merged statistics. The decisions are new columns, ready for ``wri
     print(result.report.summary())
     result.decisions.filter(lambda row: row["sg_accepted"]).write_parquet("accepted/")
 
+Each actor reserves one CPU (Ray Data's default) unless the pools would hold every CPU of the
+cluster: actors are started before the read and map tasks that feed them, and with no CPU slot
+left those tasks stay pending for ever (``ray.init(num_cpus=2)`` with ``concurrency=2`` did).
+By default each actor then reserves an equal share of all CPUs but one, counted for two pools
+(``embed``'s streamed into ``audit``'s): see :func:`actor_cpus`. The reservation is Ray's
+bookkeeping; the actors' threads use the cores they use either way.
+
 The merged statistics stay bounded: a block's are ``O(d²)`` sums plus a bottom-k sample of
 ``GuardConfig.max_batch_rows`` rows, whatever the pool size, and cross Ray as safetensors
 bytes (no pickle of our state). The decided dataset itself is materialised in Ray's object
@@ -22,6 +29,7 @@ store (which spills to disk): drop columns you do not need before ``audit``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from synthguard._errors import InvalidInputError
-from synthguard._validation import check_int, describe
+from synthguard._validation import check_float, check_int, describe
 from synthguard.batch import PairBatch
 from synthguard.config import GuardConfig
 from synthguard.guard._pool import (
@@ -48,7 +56,46 @@ from synthguard.guard._pool import (
 from synthguard.reference import Reference
 from synthguard.report import GuardReport
 
-__all__ = ["PoolAudit", "audit", "embed"]
+__all__ = ["PoolAudit", "actor_cpus", "audit", "embed"]
+
+
+def actor_cpus(cluster_cpus: float, concurrency: int) -> float:
+    """CPUs each actor of a pool of ``concurrency`` reserves by default.
+
+    One (Ray Data's default) when the cluster has room for it; otherwise an equal share of all
+    CPUs but one, counted for two such pools (``embed``'s actors streamed into ``audit``'s), so
+    that one CPU slot always stays free for the read and map tasks that feed the actors (Ray
+    starts the actors first; without a free slot those tasks never run). Rounded down to Ray's
+    resolution of 1e-4.
+
+    Example:
+        >>> actor_cpus(2, 2), actor_cpus(16, 4), actor_cpus(1, 1)
+        (0.25, 1.0, 0.0)
+    """
+    cpus = check_float("cluster_cpus", cluster_cpus, low=0.0)
+    pool = check_int("concurrency", concurrency, minimum=1)
+    share = max(cpus - 1.0, 0.0) / (2 * pool)
+    return min(1.0, math.floor(share * 10_000) / 10_000)
+
+
+def _pool_cpus(ray: Any, num_cpus: float | None, concurrency: int) -> dict[str, float]:
+    """``num_cpus`` for ``map_batches``: empty (Ray's default of 1) when the cluster has room."""
+    if not ray.is_initialized():
+        ray.init()  # what Ray Data would do on first execution; the cluster's CPUs are then known
+    cluster = float(ray.cluster_resources().get("CPU", 0.0))
+    if num_cpus is None:
+        share = actor_cpus(cluster, concurrency)
+        return {} if share >= 1.0 else {"num_cpus": share}
+    if concurrency * num_cpus > cluster - 1.0:
+        warnings.warn(
+            f"concurrency={concurrency} actors of num_cpus={num_cpus} reserve "
+            f"{concurrency * num_cpus:g} of the cluster's {cluster:g} CPUs, leaving no CPU slot "
+            "for the tasks that feed them: unless the cluster grows, the pipeline stalls. Leave "
+            "num_cpus=None for a share that fits",
+            UserWarning,
+            stacklevel=3,
+        )
+    return {"num_cpus": num_cpus}
 
 
 def embed(
@@ -59,6 +106,7 @@ def embed(
     image_column: str = "image",
     caption_column: str = "caption",
     concurrency: int = 1,
+    num_cpus: float | None = None,
     num_gpus: float | None = None,
     encoder_options: Mapping[str, Any] | None = None,
     **map_batches_kwargs: Any,
@@ -73,6 +121,9 @@ def embed(
             ``"bundled:digits"``, ...); each actor loads it once.
         batch_size: rows per encoder call (required: it sets GPU memory use).
         concurrency: actors in the pool.
+        num_cpus: CPUs each actor reserves; ``None``: one, or :func:`actor_cpus` when the
+            cluster has too few CPUs for that (a warning says when an explicit value leaves no
+            CPU slot for the tasks feeding the actors).
         num_gpus: GPUs per actor; ``None`` takes 1 when the cluster has GPUs, else 0.
         encoder_options: engine options for :func:`~synthguard.load_encoder` in each actor
             (``precision``, ``batch_size``, ``num_workers``, ...).
@@ -90,9 +141,10 @@ def embed(
         )
     check_int("batch_size", batch_size, minimum=1)
     check_int("concurrency", concurrency, minimum=1)
+    if num_cpus is not None:
+        num_cpus = check_float("num_cpus", num_cpus, low=0.0)
+    cpus = _pool_cpus(ray, num_cpus, concurrency)
     if num_gpus is None:
-        if not ray.is_initialized():
-            ray.init()  # what Ray Data would do on first execution; GPUs are then known
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
     return ds.map_batches(
         _Embedder,
@@ -102,7 +154,7 @@ def embed(
         },
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
-        **map_batches_kwargs,
+        **cpus, **map_batches_kwargs,
     )  # fmt: skip
 
 
@@ -133,6 +185,7 @@ def audit(
     id_column: str | None = None,
     label_column: str | None = None,
     concurrency: int = 1,
+    num_cpus: float | None = None,
 ) -> PoolAudit:
     """Decide every row of an embedded pool and reach one batch verdict on all of it.
 
@@ -148,6 +201,7 @@ def audit(
             says so).
         label_column: integer class labels, if any.
         concurrency: actors in the decision pool.
+        num_cpus: CPUs each actor reserves, as in :func:`embed`.
     """
     import ray
 
@@ -155,6 +209,9 @@ def audit(
         raise InvalidInputError(f"reference must be a Reference; got {describe(reference)}")
     check_int("batch_size", batch_size, minimum=1)
     check_int("concurrency", concurrency, minimum=1)
+    if num_cpus is not None:
+        num_cpus = check_float("num_cpus", num_cpus, low=0.0)
+    cpus = _pool_cpus(ray, num_cpus, concurrency)
     if id_column is None:
         warnings.warn(
             "audit without id_column keys rows by content: exact duplicate rows enter the "
@@ -169,7 +226,7 @@ def audit(
         _Decider,
         fn_constructor_kwargs={"reference": blob, "config": config, **columns},
         batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        compute=ray.data.ActorPoolStrategy(size=concurrency), **cpus,
     ).materialize()  # fmt: skip
     present = decided.columns() or []  # None: an empty dataset has no schema
     if not present or decided.count() == 0:
@@ -185,25 +242,22 @@ def audit(
     merged = result[_AGGREGATE]
     verdict = block_plan(reference, config, per_sample_only=False)
     report = pool_report(verdict, PoolState.from_bytes(merged))
+    # A function, not a callable class: Ray runs it as tasks in its pooled workers instead of
+    # starting an actor pool (new processes) every time the decisions are read.
     final = decided.map_batches(
-        _PoolVerdict, fn_constructor_kwargs={"kept": report.verdict != "rejected"},
+        _pool_verdict, fn_kwargs={"kept": report.verdict != "rejected"},
         batch_format="numpy", batch_size=batch_size,
     )  # fmt: skip
     return PoolAudit(report=report, decisions=final)
 
 
-class _PoolVerdict:
+def _pool_verdict(batch: dict[str, np.ndarray], kept: bool) -> dict[str, np.ndarray]:
     """``sg_accepted`` becomes the sample's decision and the pool's verdict together (a
     rejected pool keeps nothing; ``"excess_rejects"`` keeps its accepted samples)."""
-
-    def __init__(self, kept: bool) -> None:
-        self.kept = kept
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = dict(batch)
-        out["sg_sample_accepted"] = np.asarray(batch["sg_accepted"], dtype=bool)
-        out["sg_accepted"] = out["sg_sample_accepted"] & self.kept
-        return out
+    out = dict(batch)
+    out["sg_sample_accepted"] = np.asarray(batch["sg_accepted"], dtype=bool)
+    out["sg_accepted"] = out["sg_sample_accepted"] & kept
+    return out
 
 
 class _Embedder:

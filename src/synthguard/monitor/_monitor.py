@@ -1,14 +1,4 @@
-"""CollapseMonitor: metrics across generations of a self-consuming loop, trends and warnings.
-
-One record per generation goes to a JSONL file, rewritten atomically on every ``log`` (a crash
-leaves the previous file intact and a new monitor on the same path resumes from it). A monitor
-is the file's one writer: it holds an exclusive lock (``.NAME.lock`` beside it) from creation to
-:meth:`~CollapseMonitor.close`, and ``log`` may be called from several threads. Every
-record is compared with generation 0 (real data) and with the previous generation; each
-metric gets a trend test (Mann–Kendall, i.e. Kendall's τ against the generation index, with
-Theil–Sen slope) over the generations so far, and a *sustained* move in the collapse direction
-raises an early warning: diversity and coverage falling, distances to the reference rising.
-"""
+"""The monitor itself: one JSONL record per generation, compared, trended and forwarded."""
 
 from __future__ import annotations
 
@@ -16,91 +6,19 @@ import contextlib
 import json
 import math
 import threading
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
-from pydantic import BaseModel, ConfigDict
-from scipy import stats as scipy_stats
+from typing import Any
 
 from synthguard._errors import CorruptFileError, InvalidInputError
 from synthguard._io import WriterLock, atomic_write_text, read_file
 from synthguard._validation import check_float, check_int, describe
-from synthguard.functional import collapse_metrics
-from synthguard.reference import Reference
+from synthguard.monitor._loggers import as_sinks, record_metrics
+from synthguard.monitor._trend import CollapseAlert, Trend, collapse_alerts, trend_of
 from synthguard.report import GuardReport
 
-__all__ = ["CollapseAlert", "CollapseMonitor", "Trend", "generation_metrics"]
-
-#: Metrics the monitor knows the collapse direction of ("down": falling is collapse).
-COLLAPSE_DIRECTIONS: dict[str, Literal["down", "up"]] = {
-    "variance_ratio": "down",
-    "vendi_ratio": "down",
-    "coverage": "down",
-    "frechet_distance": "up",
-    "cmmd": "up",
-}
-
-
-#: What :func:`generation_metrics` reports, from :func:`~synthguard.functional.collapse_metrics`.
-GENERATION_METRICS = (
-    "variance_ratio",
-    "vendi_ratio",
-    "coverage",
-    "frechet_distance",
-    "cmmd",
-    "alignment_mean",
-)
-
-
-def generation_metrics(reference: Reference, image: Any, text: Any) -> dict[str, float]:
-    """Collapse metrics of one generation's embeddings against the reference support.
-
-    ``variance_ratio`` (total variance), ``vendi_ratio``, ``coverage`` (k-NN balls of the
-    reference's coverage rows hit), ``frechet_distance``, ``cmmd`` (against the reference's
-    CMMD rows) and ``alignment_mean``: :func:`synthguard.functional.collapse_metrics` against
-    :meth:`Reference.collapse_reference`. Rows are L2-normalised; NaN or zero rows
-    (unembeddable samples) are left out.
-    """
-    img = torch.as_tensor(image, dtype=torch.float64)
-    txt = torch.as_tensor(text, dtype=torch.float64)
-    keep = torch.isfinite(img).all(1) & torch.isfinite(txt).all(1)
-    keep &= (img.norm(dim=1) > 0) & (txt.norm(dim=1) > 0)
-    # Unit rows, so alignment is the cosine (float32 encoders are unit only to ~1e-7).
-    img = torch.nn.functional.normalize(img[keep], dim=1)
-    txt = torch.nn.functional.normalize(txt[keep], dim=1)
-    if img.shape[0] <= reference.k:
-        raise InvalidInputError(
-            f"image must have more than k={reference.k} embeddable rows; got {img.shape[0]}"
-        )
-    metrics = collapse_metrics(img, txt, reference.collapse_reference())
-    return {name: metrics[name] for name in GENERATION_METRICS}
-
-
-class Trend(BaseModel):
-    """Mann–Kendall trend of one metric over the generations logged so far."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    metric: str
-    slope: float  # Theil–Sen slope per generation
-    tau: float  # Kendall's τ against the generation index
-    p_value: float  # two-sided Mann–Kendall p-value
-    generations: int
-
-
-class CollapseAlert(BaseModel):
-    """A sustained move of a metric in its collapse direction."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    generation: int
-    metric: str
-    value: float
-    change_from_real: float  # relative change against generation 0
-    trend: Trend
-    message: str
+__all__ = ["CollapseMonitor"]
 
 
 class CollapseMonitor:
@@ -116,10 +34,18 @@ class CollapseMonitor:
         min_rise: a rising metric (distances to the reference, near 0 for real data, so a
             relative change of a few percent means nothing) needs to be at least this far
             (relative) above generation 0: 1.0 means doubled.
+        loggers: experiment trackers each logged generation is also sent to, with the
+            generation as the step: a TensorBoard ``SummaryWriter``, ``mlflow`` (the module
+            or a run), a W&B run, a Lightning logger, or any callable ``(metrics, step)``.
+            They get every metric, the guard's counts (``guard/...``) and the number of
+            warnings, under ``prefix``; a tracker that fails warns, the record is kept.
+            Generations logged before (a resumed file) are not sent again.
+        prefix: of the names sent to ``loggers``.
 
     Raises:
         InvalidInputError: another monitor (in this process or another) has ``path`` open;
-            close it first. Two writers would overwrite each other's records.
+            close it first. Two writers would overwrite each other's records. Or a logger
+            that fits none of the kinds above.
         CorruptFileError: ``path`` exists but is not a monitor log.
 
     The lock is released by :meth:`close`, at the end of a ``with`` block, or when the monitor
@@ -145,12 +71,19 @@ class CollapseMonitor:
         window: int = 5,
         min_change: float = 0.05,
         min_rise: float = 1.0,
+        loggers: Sequence[Any] = (),
+        prefix: str = "monitor/",
     ) -> None:
         self.path = Path(path)
         self.alpha = check_float("alpha", alpha, low=0.0, high=1.0, low_open=True)
         self.window = check_int("window", window, minimum=3)
         self.min_change = check_float("min_change", min_change, low=0.0)
         self.min_rise = check_float("min_rise", min_rise, low=0.0)
+        if not isinstance(prefix, str):
+            raise InvalidInputError(f"prefix must be a string; got {describe(prefix)}")
+        self._sinks = as_sinks(loggers)  # checked before the file is locked
+        self.loggers = tuple(loggers)
+        self.prefix = prefix
         # Taken before reading, so nobody can write between our read and our first write.
         self._lock = WriterLock(self.path, owner="CollapseMonitor")
         self._thread_lock = threading.RLock()  # log() from several threads: one at a time
@@ -241,10 +174,15 @@ class CollapseMonitor:
         record["trends"] = {
             k: t.model_dump() for k in clean if (t := self._trend(history, k)) is not None
         }
-        record["warnings"] = [w.model_dump() for w in self._warnings(history, record)]
+        alerts = collapse_alerts(
+            history, record, window=self.window, alpha=self.alpha,
+            min_change=self.min_change, min_rise=self.min_rise,
+        )  # fmt: skip
+        record["warnings"] = [w.model_dump() for w in alerts]
         # Kept in memory only once it is on disk: a failed write leaves both as they were.
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in history))
         self.records.append(record)
+        self._forward(record)
         return record
 
     def trend(self, metric: str) -> Trend | None:
@@ -254,58 +192,24 @@ class CollapseMonitor:
     # -- internals -------------------------------------------------------------------------
 
     def _trend(self, history: list[dict[str, Any]], metric: str) -> Trend | None:
-        points = [
-            (r["generation"], r["metrics"][metric])
-            for r in history[-self.window :]
-            if metric in r["metrics"] and math.isfinite(r["metrics"][metric])
-        ]
-        if len(points) < 3:
-            return None
-        x, y = zip(*points, strict=True)
-        tau, p = scipy_stats.kendalltau(x, y)
-        slope = scipy_stats.theilslopes(y, x).slope
-        tau = 0.0 if math.isnan(tau) else float(tau)
-        return Trend(
-            metric=metric,
-            slope=float(slope),
-            tau=tau,
-            p_value=1.0 if math.isnan(p) else float(p),
-            generations=len(points),
-        )
+        return trend_of(history, metric, self.window)
 
-    def _warnings(
-        self, history: list[dict[str, Any]], record: dict[str, Any]
-    ) -> list[CollapseAlert]:
-        out = []
-        first = history[0]["metrics"]
-        directions = dict(COLLAPSE_DIRECTIONS)
-        directions.update({k: "up" for k in record["metrics"] if k.startswith("concept_js/")})
-        for metric, direction in directions.items():
-            trend = self._trend(history, metric)
-            if trend is None or metric not in first or not first[metric]:
-                continue
-            sign = -1.0 if direction == "down" else 1.0
-            value = record["metrics"][metric]
-            change = (value - first[metric]) / abs(first[metric])
-            # One-sided Mann–Kendall: half the two-sided p when τ points the collapse way.
-            one_sided = trend.p_value / 2 if sign * trend.tau > 0 else 1.0
-            needed = self.min_change if direction == "down" else self.min_rise
-            if one_sided <= self.alpha and sign * change >= needed:
-                out.append(
-                    CollapseAlert(
-                        generation=record["generation"],
-                        metric=metric,
-                        value=value,
-                        change_from_real=change,
-                        trend=trend,
-                        message=(
-                            f"{metric} has {'fallen' if sign < 0 else 'risen'} for "
-                            f"{trend.generations} generations (Mann–Kendall p = {one_sided:.3g}, "
-                            f"{change:+.1%} vs real)"
-                        ),
-                    )
+    def _forward(self, record: dict[str, Any]) -> None:
+        """Send the record's numbers to every logger; a failing tracker warns (the record is
+        already saved) rather than stopping the loop it watches."""
+        if not self._sinks:
+            return
+        metrics = record_metrics(record, self.prefix)
+        for name, sink in self._sinks:
+            try:
+                sink(metrics, record["generation"])
+            except Exception as exc:
+                warnings.warn(
+                    f"{name} failed for generation {record['generation']} ({type(exc).__name__}: "
+                    f"{exc}); the record is saved in {str(self.path)!r}",
+                    UserWarning,
+                    stacklevel=4,
                 )
-        return out
 
     def _read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
