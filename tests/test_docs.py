@@ -66,6 +66,11 @@ def _inputs(folder: Path) -> None:
         write_pairs(pairs, folder / name, "folder")
     synthetic = sg.PairBatch(real.images[300:380], real.captions[300:380], ids=real.ids[300:380])
     write_pairs(synthetic, folder / "synthetic.tar", "webdataset")
+    (folder / "shards").mkdir()
+    for number, part in enumerate((range(0, 40), range(40, 80))):
+        write_pairs(
+            synthetic.select(part), folder / "shards" / f"{number:03d}.tar.gz", "webdataset"
+        )
 
 
 def _offline(code: str, captioner: Path) -> str:

@@ -14,7 +14,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from synthguard._errors import InvalidInputError, SynthGuardError
-from synthguard.cli._paths import add_input_options, check_outputs, encoder_inputs, input_options
+from synthguard.cli._paths import (
+    add_input_options,
+    check_outputs,
+    encoder_inputs,
+    input_options,
+    source_inputs,
+)
 
 __all__ = ["main"]
 
@@ -29,8 +35,9 @@ _EXAMPLES = {
       --label-names zero,one,two,three,four,five,six,seven,eight,nine \\
       --template "a handwritten digit {name}" --calibrate-sizes 64,256
 
-INPUT: a folder with captions.jsonl (or .csv), WebDataset .tar shards (img2dataset layout)
-or a .parquet file; see synthguard.sources.""",
+INPUT: a folder with captions.jsonl (or .csv), WebDataset .tar/.tar.gz shards (img2dataset
+layout; a folder of them or a quoted brace pattern 'shards/{000..009}.tar') or a .parquet file;
+see synthguard.sources.""",
     "calibrate": """example:
   synthguard reference calibrate digits.sgref --sizes 64,256,1024   # rewrites digits.sgref
   synthguard reference calibrate digits.sgref --sizes 512 --alpha 0.1 --out ci.sgref
@@ -46,6 +53,12 @@ exit code: 0 accepted, 1 rejected or excess_rejects, 2 usage or input error""",
     "bench": """example:
   synthguard bench                  # guard overhead vs embedding on the bundled model""",
 }
+
+
+_INPUT_HELP = (
+    "{what}: a folder, a .tar/.tar.gz/.tgz shard or a folder of them, a quoted brace pattern "
+    "of shards ('shards/{{000..009}}.tar'), or a .parquet file"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     reference = commands.add_parser("reference", help="build a reference from real pairs")
     ref_commands = reference.add_subparsers(dest="reference_command", required=True)
     build = add(ref_commands, "build", "build", "embed real pairs and calibrate a reference")
-    build.add_argument("--input", required=True, help="real pairs (folder, .tar, .parquet)")
+    build.add_argument("--input", required=True, help=_INPUT_HELP.format(what="real pairs"))
     build.add_argument("--encoder", required=True, help="encoder spec, e.g. bundled:digits")
     build.add_argument("--out", required=True, help="reference file to write (.sgref)")
     build.add_argument("--label-names", help="comma-separated class names (labels index them)")
@@ -119,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = add(commands, "check", "check", "check synthetic pairs against a reference")
     check.add_argument("--reference", required=True, help="reference file (.sgref)")
-    check.add_argument("--input", required=True, help="synthetic pairs (folder, .tar, .parquet)")
+    check.add_argument("--input", required=True, help=_INPUT_HELP.format(what="synthetic pairs"))
     check.add_argument("--encoder", help="encoder spec (default: the one the reference names)")
     check.add_argument("--out", help="write the JSON report here")
     check.add_argument("--html", help="write the HTML report here")
@@ -233,7 +246,7 @@ def _build(args: argparse.Namespace) -> int:
 
     check_outputs(
         [("--out", args.out)],
-        [("--input", args.input), ("--config", args.config), *encoder_inputs(args.encoder)],
+        [*source_inputs(args.input), ("--config", args.config), *encoder_inputs(args.encoder)],
     )
     config = _guard_config(args) if args.config else None  # refused before minutes of work
     batch = read_pairs(args.input, **input_options(args))
@@ -291,7 +304,7 @@ def _check(args: argparse.Namespace) -> int:
 
     check_outputs(  # before minutes of work, not after
         [("--out", args.out), ("--html", args.html), ("--write-accepted", args.write_accepted)],
-        [("--input", args.input), ("--reference", args.reference), ("--config", args.config),
+        [*source_inputs(args.input), ("--reference", args.reference), ("--config", args.config),
          *encoder_inputs(args.encoder)],
     )  # fmt: skip
     # Offline, the guard may use every core unless --threads or the file says otherwise.
