@@ -217,3 +217,76 @@ def test_an_internal_error_has_its_own_exit_code_and_no_traceback(
     assert "Traceback" not in err and "--debug" in err
     assert main(["--debug", *argv]) == 3
     assert "Traceback" in capsys.readouterr().err
+
+
+GUARD_YAML = """\
+alpha: 0.1
+seed: 3
+n_resamples: 199
+sample_checks: [low_alignment, off_manifold]
+batch_tests: [frechet_distance, coverage]
+class_mix: false
+"""
+
+
+def test_config_file_sets_the_guard_and_flags_override_it(
+    workspace: dict[str, Path], capsys: Any
+) -> None:
+    """Issue 17: --config guard.yaml (GuardConfig's fields); calibrate and check read the same
+    file, so the check finds its null; an explicit flag wins over the file."""
+    import yaml
+
+    root = workspace["root"]
+    (root / "guard.yaml").write_text(GUARD_YAML)
+    per_sample = {**yaml.safe_load(GUARD_YAML), "batch_tests": []}  # no null to compute
+    (root / "guard.json").write_text(json.dumps(per_sample))
+    ahead = root / "config_ahead.sgref"
+    code = main([
+        "reference", "calibrate", str(workspace["reference"]), "--sizes", "100",
+        "--config", str(root / "guard.yaml"), "--out", str(ahead), "--threads", "1",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    code = main([
+        "check", "--reference", str(ahead), "--input", str(workspace["fresh"]),
+        "--config", str(root / "guard.yaml"), "--out", str(root / "config.json"),
+    ])  # fmt: skip
+    report = json.loads((root / "config.json").read_text())
+    assert code == (0 if report["accepted"] else 1)
+    assert (report["alpha"], report["seed"], report["null_cached"]) == (0.1, 3, True)
+    assert {k for s in report["samples"] for k in s["thresholds"]} == {"alignment", "knn_distance"}
+    tested = {name for name, m in report["metrics"].items() if m["passed"] is not None}
+    assert tested == {"frechet_distance", "coverage"}
+    code = main([
+        "check", "--reference", str(ahead), "--input", str(workspace["fresh"]),
+        "--config", str(root / "guard.json"), "--alpha", "0.2", "--out", str(root / "flag.json"),
+    ])  # fmt: skip
+    flagged = json.loads((root / "flag.json").read_text())
+    assert (flagged["alpha"], flagged["seed"]) == (0.2, 3)  # the flag over the (JSON) file
+    assert all(m["passed"] is None for m in flagged["metrics"].values())
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "expected"),
+    [
+        ("alpha: 1.5\n", [], "guard.yaml: key 'alpha' must be less than 1; got 1.5"),
+        ("alpah: 0.1\n", [], "key 'alpah' is not a GuardConfig field (did you mean 'alpha'?)"),
+        ("seed: [1]\n", [], "key 'seed' must be a valid integer; got [1]"),
+        ("alpha: 0.1\nalpha: 0.2\n", [], "key 'alpha' is given twice (line 2)"),
+        ("alpha: !!python/name:os.system\n", [], "is not valid YAML: could not determine"),
+        ("alpha: 0.1\n", ["--alpha", "1.5"], "--alpha must be less than 1; got 1.5"),
+        ("alpha: 0.1\n", ["--threads", "0"], "--threads must be greater than or equal to 1"),
+    ],
+)
+def test_bad_config_exits_2_before_any_work(
+    workspace: dict[str, Path], capsys: Any, text: str, flags: list[str], expected: str
+) -> None:
+    """Refused before the input is read: the input given here does not even exist."""
+    config = workspace["root"] / "guard.yaml"
+    config.write_text(text)
+    code = main([
+        "check", "--reference", str(workspace["reference"]), "--input", "/nonexistent/pairs",
+        "--config", str(config), *flags,
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert err.count("\n") == 1  # one line

@@ -2,9 +2,11 @@
 
 Python blocks of a page run in order in one namespace (as a reader pastes them), in a fresh
 folder; ``synthguard`` command lines of shell blocks run through the CLI there, on real
-digits written in the layouts they name. Offline: a hub model named in a block is replaced by
-the bundled one (a captioner by a tiny BLIP built from a config). Set-up lines (``make``,
-``pip``) are what CI itself runs; two long commands are run by their own tests.
+digits written in the layouts they name; a ``yaml`` block whose first line is ``# NAME.yaml``
+is that file, written there for the commands after it (and read as a ``GuardConfig``).
+Offline: a hub model named in a block is replaced by the bundled one (a captioner by a tiny
+BLIP built from a config). Set-up lines (``make``, ``pip``) are what CI itself runs; two long
+commands are run by their own tests.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def _inputs(folder: Path) -> None:
         write_pairs(pairs, folder / name, "folder")
     synthetic = sg.PairBatch(real.images[300:380], real.captions[300:380], ids=real.ids[300:380])
     write_pairs(synthetic, folder / "synthetic.tar", "webdataset")
+    (folder / "shards").mkdir()
+    for number, part in enumerate((range(0, 40), range(40, 80))):
+        write_pairs(
+            synthetic.select(part), folder / "shards" / f"{number:03d}.tar.gz", "webdataset"
+        )
 
 
 def _offline(code: str, captioner: Path) -> str:
@@ -87,10 +94,16 @@ def _pages_with_code() -> list[Path]:
     return [p for p in PAGES if any(lang not in NOT_CODE for lang, _ in _blocks(p))]
 
 
+#: A ``yaml`` block is a file the commands after it read: its first line names it.
+FILE_BLOCK = re.compile(r"# ([\w.-]+\.ya?ml)\n")
+
+
 def test_every_block_says_what_it_is() -> None:
     for page in PAGES:
         for lang, code in _blocks(page):
-            assert lang in {"python", "bash", *NOT_CODE}, (page.name, lang, code[:60])
+            assert lang in {"python", "bash", "yaml", *NOT_CODE}, (page.name, lang, code[:60])
+            if lang == "yaml":
+                assert FILE_BLOCK.match(code), (page.name, "start with '# NAME.yaml'", code[:60])
 
 
 @pytest.mark.slow
@@ -107,6 +120,11 @@ def test_code_blocks_run(
             exec(compile(source, f"{page.name} block {number}", "exec"), namespace)
         elif lang == "bash":
             _run_shell(code, captioner_dir)
+        elif lang == "yaml":
+            match = FILE_BLOCK.match(code)
+            assert match, (page.name, number)
+            (tmp_path / match[1]).write_text(code, "utf-8")
+            sg.GuardConfig.from_file(tmp_path / match[1])  # the keys are GuardConfig's
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():  # a page started Ray: leave none running
         ray.shutdown()

@@ -40,6 +40,8 @@ MODULES = [
     "synthguard.relabel._zeroshot",
     "synthguard.stats._stats",
     "synthguard.stats._moments",
+    "synthguard.sources",
+    "synthguard.sources._braces",
 ]
 
 

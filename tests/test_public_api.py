@@ -177,6 +177,17 @@ PACKAGES = {
     "synthguard.stats": {"EmbeddingStats", "Modality", "Moments"},
     "synthguard.config": {"GuardConfig"},
     "synthguard.batch": {"PairBatch", "as_sample_list"},
+    "synthguard.sources": {
+        "DEFAULT_MAX_IMAGE_BYTES",
+        "RefusedImage",
+        "SourceFile",
+        "SourceKind",
+        "detect_kind",
+        "expand_braces",
+        "iter_pairs",
+        "read_pairs",
+        "write_pairs",
+    },
 }
 
 

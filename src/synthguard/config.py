@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthguard._errors import InvalidInputError
+from synthguard._io import read_file
 from synthguard.checks import BATCH_TESTS, SAMPLE_CHECKS, BatchTestName, SampleCheckName
 
 __all__ = ["GuardConfig"]
@@ -196,15 +201,147 @@ class GuardConfig(BaseModel):
         """Plain-JSON dict of the fields."""
         return self.model_dump(mode="json")
 
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> GuardConfig:
+        """A configuration from a YAML (``.yaml``, ``.yml``) or JSON (``.json``) file whose keys
+        are the fields; ``overrides`` win over the file (the CLI's explicit flags).
 
-def _describe(error: ValidationError) -> str:
+        YAML is read with ``yaml.safe_load`` (no tags, no objects); a key given twice, an
+        unknown key, a wrong type or a bad value raises, naming the file, the key, the
+        constraint and the value.
+
+        Raises:
+            InvalidInputError: the file cannot be read or parsed, or a value is invalid.
+
+        Example:
+            >>> import json, pathlib, tempfile
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "guard.json"
+            >>> _ = path.write_text(json.dumps({"alpha": 0.1, "seed": 3}))
+            >>> config = GuardConfig.from_file(path, seed=4)
+            >>> config.alpha, config.seed
+            (0.1, 4)
+        """
+        values = read_config_file(path)
+        where = {key: f"{os.fspath(path)}: key {key!r}" for key in values}
+        where.update({key: f"{key} (overriding {os.fspath(path)})" for key in overrides})
+        return config_from({**values, **overrides}, where, os.fspath(path))
+
+
+#: Largest configuration file read (a configuration is a few hundred bytes).
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The key/value mapping of a YAML or JSON configuration file, not yet validated.
+
+    Raises:
+        InvalidInputError: an unknown suffix, an unreadable file, a syntax error, a key given
+            twice, or a document that is not a mapping of names.
+    """
+    name = os.fspath(path)
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise InvalidInputError(
+            f"a configuration file must end in .yaml, .yml or .json; got {name!r}"
+        )
+    text = read_file(path, max_bytes=_MAX_CONFIG_BYTES, what="configuration file")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{name} is not UTF-8 text (byte {exc.start})") from None
+    document = _load_json(decoded, name) if suffix == ".json" else _load_yaml(decoded, name)
+    if document is None:  # an empty YAML document: no keys, every default
+        return {}
+    if not isinstance(document, dict):
+        raise InvalidInputError(
+            f"{name} must hold a mapping of GuardConfig fields (key: value); got a "
+            f"{type(document).__name__}"
+        )
+    for key in document:
+        if not isinstance(key, str):
+            raise InvalidInputError(f"{name}: keys must be GuardConfig field names; got {key!r}")
+    return document
+
+
+def config_from(values: dict[str, Any], where: dict[str, str], source: str = "") -> GuardConfig:
+    """``GuardConfig(**values)``; an error names each bad key as ``where`` says it came in, and
+    a rule across fields the ``source`` (a file name)."""
+    unknown = [key for key in values if key not in GuardConfig.model_fields]
+    if unknown:
+        key = unknown[0]
+        near = difflib.get_close_matches(key, list(GuardConfig.model_fields), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise InvalidInputError(
+            f"{where.get(key, key)} is not a GuardConfig field{hint}; the fields are "
+            + ", ".join(GuardConfig.model_fields)
+        )
+    config = GuardConfig.__new__(GuardConfig)
+    try:  # pydantic's own __init__: GuardConfig's would word the errors without ``where``
+        BaseModel.__init__(config, **values)
+    except ValidationError as exc:
+        raise InvalidInputError(_describe(exc, where, source)) from None
+    return config
+
+
+def _load_json(text: str, name: str) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise InvalidInputError(f"{name}: key {key!r} is given twice")
+            out[key] = value
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"{name} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+
+
+def _load_yaml(text: str, name: str) -> Any:
+    import yaml  # a dependency (transformers needs it too); imported when a file is read
+
+    class _Loader(yaml.SafeLoader):  # safe_load's loader, refusing a key given twice
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise InvalidInputError(
+                        f"{name}: key {key.value!r} is given twice (line {key.start_mark.line + 1})"
+                    )
+                seen.add(key.value)
+        return loader.construct_mapping(node)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return yaml.load(text, Loader=_Loader)  # safe: safe_load's loader, one check more
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = "" if mark is None else f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InvalidInputError(f"{name} is not valid YAML: {problem}{at}") from None
+
+
+def _describe(error: ValidationError, where: dict[str, str] | None = None, source: str = "") -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"])
+        loc = item["loc"]
         message = str(item["msg"]).removeprefix("Value error, ")
         value = item.get("input")
-        if where:  # a field: its constraint and the value received
-            lines.append(f"{where}: {message}; got {value!r}")
+        if where is not None and loc:  # from a file: "guard.yaml: key 'alpha' must be ..."
+            at = "".join(f"[{part}]" for part in loc[1:])
+            key = str(loc[0])
+            origin = where.get(key, key)
+            origin = origin.replace(repr(key), repr(key + at)) if at else origin
+            message = message.replace("Input should be", "must be", 1)
+            lines.append(f"{origin} {message}; got {value!r}")
+        elif loc:  # a field: its constraint and the value received
+            lines.append(f"{'.'.join(str(part) for part in loc)}: {message}; got {value!r}")
         else:  # a rule across fields: its message names them
-            lines.append(message)
+            lines.append(f"{source}: {message}" if source else message)
     return "invalid GuardConfig: " + "; ".join(lines)

@@ -14,7 +14,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from synthguard._errors import InvalidInputError, SynthGuardError
-from synthguard.cli._paths import add_input_options, check_outputs, encoder_inputs, input_options
+from synthguard.cli._paths import (
+    add_input_options,
+    check_outputs,
+    encoder_inputs,
+    input_options,
+    source_inputs,
+)
 
 __all__ = ["main"]
 
@@ -29,21 +35,30 @@ _EXAMPLES = {
       --label-names zero,one,two,three,four,five,six,seven,eight,nine \\
       --template "a handwritten digit {name}" --calibrate-sizes 64,256
 
-INPUT: a folder with captions.jsonl (or .csv), WebDataset .tar shards (img2dataset layout)
-or a .parquet file; see synthguard.sources.""",
+INPUT: a folder with captions.jsonl (or .csv), WebDataset .tar/.tar.gz shards (img2dataset
+layout; a folder of them or a quoted brace pattern 'shards/{000..009}.tar') or a .parquet file;
+see synthguard.sources.""",
     "calibrate": """example:
   synthguard reference calibrate digits.sgref --sizes 64,256,1024   # rewrites digits.sgref
   synthguard reference calibrate digits.sgref --sizes 512 --alpha 0.1 --out ci.sgref
+  synthguard reference calibrate digits.sgref --sizes 512 --config guard.yaml --out ci.sgref
 
-The nulls are computed for the GuardConfig of `synthguard check` with the same --alpha,
---alpha-batch and --seed; each size brings its grid size and the one below.""",
+The nulls are computed for the GuardConfig of `synthguard check` with the same --config,
+--alpha, --alpha-batch and --seed; each size brings its grid size and the one below.""",
     "check": """example:
   synthguard check --reference real.sgref --input synthetic.tar --out report.json \\
       --html report.html --write-accepted accepted.tar
+  synthguard check --reference real.sgref --input 'shards/{000..009}.tar' --config guard.yaml
 exit code: 0 accepted, 1 rejected or excess_rejects, 2 usage or input error""",
     "bench": """example:
   synthguard bench                  # guard overhead vs embedding on the bundled model""",
 }
+
+
+_INPUT_HELP = (
+    "{what}: a folder, a .tar/.tar.gz/.tgz shard or a folder of them, a quoted brace pattern "
+    "of shards ('shards/{{000..009}}.tar'), or a .parquet file"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     reference = commands.add_parser("reference", help="build a reference from real pairs")
     ref_commands = reference.add_subparsers(dest="reference_command", required=True)
     build = add(ref_commands, "build", "build", "embed real pairs and calibrate a reference")
-    build.add_argument("--input", required=True, help="real pairs (folder, .tar, .parquet)")
+    build.add_argument("--input", required=True, help=_INPUT_HELP.format(what="real pairs"))
     build.add_argument("--encoder", required=True, help="encoder spec, e.g. bundled:digits")
     build.add_argument("--out", required=True, help="reference file to write (.sgref)")
     build.add_argument("--label-names", help="comma-separated class names (labels index them)")
@@ -90,7 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     add_input_options(build)
     build.add_argument(
         "--calibrate-sizes", type=_sizes, default=(), metavar="N,N,...",
-        help="batch sizes whose batch-test nulls are computed now and saved (default config)",
+        help="batch sizes whose batch-test nulls are computed now and saved (for --config)",
+    )  # fmt: skip
+    _config_file_flag(
+        build, "GuardConfig fields (YAML or JSON) whose nulls --calibrate-sizes computes: the "
+        "file `check --config` reads",
     )  # fmt: skip
     build.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     build.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -105,13 +124,15 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     calibrate.add_argument("--out", help="write here instead of over the reference")
     calibrate.add_argument("--threads", type=int, help="CPU threads (default: every core)")
-    calibrate.add_argument("--device", default="cpu", help="where to compute, e.g. cuda")
+    calibrate.add_argument(
+        "--device", help="where to compute, e.g. cuda (default: the config's device, else cpu)"
+    )
     calibrate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _config_flags(calibrate)
 
     check = add(commands, "check", "check", "check synthetic pairs against a reference")
     check.add_argument("--reference", required=True, help="reference file (.sgref)")
-    check.add_argument("--input", required=True, help="synthetic pairs (folder, .tar, .parquet)")
+    check.add_argument("--input", required=True, help=_INPUT_HELP.format(what="synthetic pairs"))
     check.add_argument("--encoder", help="encoder spec (default: the one the reference names)")
     check.add_argument("--out", help="write the JSON report here")
     check.add_argument("--html", help="write the HTML report here")
@@ -125,11 +146,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_file_flag(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--config", metavar="FILE", help=text)
+
+
 def _config_flags(parser: argparse.ArgumentParser) -> None:
-    """The GuardConfig flags a null depends on (``check`` and ``calibrate`` must agree)."""
-    parser.add_argument("--alpha", type=float, default=0.05, help="per-sample false-reject rate")
-    parser.add_argument("--alpha-batch", type=float, default=0.01, help="batch family-wise level")
-    parser.add_argument("--seed", type=int, default=0, help="seed of resamples and subsamples")
+    """The GuardConfig flags a null depends on (``check`` and ``calibrate`` must agree); unset,
+    they leave the ``--config`` file's values (or GuardConfig's defaults) in place."""
+    _config_file_flag(
+        parser, "GuardConfig fields from a YAML or JSON file (docs/cli.md); flags override it"
+    )
+    parser.add_argument("--alpha", type=float, help="per-sample false-reject rate (default 0.05)")
+    parser.add_argument("--alpha-batch", type=float, help="batch family-wise level (default 0.01)")
+    parser.add_argument("--seed", type=int, help="seed of resamples and subsamples (default 0)")
+
+
+#: GuardConfig fields the CLI has flags for, and the flags.
+_CONFIG_FLAGS = {"alpha": "--alpha", "alpha_batch": "--alpha-batch", "seed": "--seed"}
+
+
+def _guard_config(
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None, *, threads: bool = False
+) -> Any:
+    """The GuardConfig of a command: its explicit flags (``--threads`` too when ``threads``),
+    over the ``--config`` file, over the command's ``defaults``, over GuardConfig's."""
+    from synthguard.config import config_from, read_config_file
+
+    names = {**_CONFIG_FLAGS, **({"threads": "--threads"} if threads else {})}
+    flags = {key: getattr(args, key) for key in names if getattr(args, key, None) is not None}
+    from_file = read_config_file(args.config) if args.config else {}
+    where = {key: f"{args.config}: key {key!r}" for key in from_file}
+    where.update({key: names[key] for key in flags})  # "--alpha must be less than 1"
+    values = {**(defaults or {}), **from_file, **flags}
+    return config_from(values, where, args.config or "")
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -195,7 +244,11 @@ def _build(args: argparse.Namespace) -> int:
     from synthguard.reference import Reference
     from synthguard.sources import read_pairs
 
-    check_outputs([("--out", args.out)], [("--input", args.input), *encoder_inputs(args.encoder)])
+    check_outputs(
+        [("--out", args.out)],
+        [*source_inputs(args.input), ("--config", args.config), *encoder_inputs(args.encoder)],
+    )
+    config = _guard_config(args) if args.config else None  # refused before minutes of work
     batch = read_pairs(args.input, **input_options(args))
     names = None if not args.label_names else [n.strip() for n in args.label_names.split(",")]
     if batch.labels is not None and names is None and not args.ignore_labels:
@@ -212,7 +265,7 @@ def _build(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.calibrate_sizes:
         sizes = ref.calibrate(
-            args.calibrate_sizes, threads=args.threads, progress=not args.no_progress
+            args.calibrate_sizes, config, threads=args.threads, progress=not args.no_progress
         )
         print(f"calibrated batch tests at {', '.join(map(str, sizes))} rows")
     path = ref.save(args.out)
@@ -224,17 +277,19 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from synthguard.config import GuardConfig
     from synthguard.reference import Reference
 
     target = args.out or args.reference
     if args.out:  # rewriting the reference itself is this command's purpose; a copy must not
-        check_outputs([("--out", args.out)], [("--reference", args.reference)])
+        check_outputs(
+            [("--out", args.out)], [("--reference", args.reference), ("--config", args.config)]
+        )
+    config = _guard_config(args)
     reference = Reference.load(args.reference)
-    config = GuardConfig(alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed)
     sizes = reference.calibrate(
-        args.sizes, config, threads=args.threads, device=args.device, progress=not args.no_progress
-    )
+        args.sizes, config, threads=args.threads or config.threads,
+        device=args.device or config.device or "cpu", progress=not args.no_progress,
+    )  # fmt: skip
     path = reference.save(target)
     print(f"calibrated batch tests at {', '.join(map(str, sizes))} rows -> {path}")
     return 0
@@ -242,7 +297,6 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from synthguard._threads import available_threads
-    from synthguard.config import GuardConfig
     from synthguard.encoders import load_encoder
     from synthguard.guard import Guard
     from synthguard.reference import Reference
@@ -250,17 +304,16 @@ def _check(args: argparse.Namespace) -> int:
 
     check_outputs(  # before minutes of work, not after
         [("--out", args.out), ("--html", args.html), ("--write-accepted", args.write_accepted)],
-        [("--input", args.input), ("--reference", args.reference), *encoder_inputs(args.encoder)],
-    )
+        [*source_inputs(args.input), ("--reference", args.reference), ("--config", args.config),
+         *encoder_inputs(args.encoder)],
+    )  # fmt: skip
+    # Offline, the guard may use every core unless --threads or the file says otherwise.
+    config = _guard_config(args, {"threads": available_threads()}, threads=True)
     progress = not args.no_progress
     encoder = load_encoder(args.encoder, progress=progress) if args.encoder else None
     reference = Reference.load(args.reference, encoder=encoder)
     if encoder is None and reference.encoder_spec is not None:
         encoder = load_encoder(reference.encoder_spec, progress=progress)
-    config = GuardConfig(
-        alpha=args.alpha, alpha_batch=args.alpha_batch, seed=args.seed,
-        threads=args.threads or available_threads(),  # offline: every core by default
-    )  # fmt: skip
     guard = Guard(reference, config, encoder=encoder)
     batch = read_pairs(args.input, **input_options(args))
     report = guard.check(batch)

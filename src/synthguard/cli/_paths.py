@@ -12,7 +12,14 @@ from typing import Any
 from synthguard._errors import InvalidInputError
 from synthguard._io import DEFAULT_MAX_IMAGE_BYTES, format_bytes
 
-__all__ = ["add_input_options", "check_outputs", "encoder_inputs", "input_options", "parse_size"]
+__all__ = [
+    "add_input_options",
+    "check_outputs",
+    "encoder_inputs",
+    "input_options",
+    "parse_size",
+    "source_inputs",
+]
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -54,6 +61,16 @@ def input_options(args: argparse.Namespace) -> dict[str, Any]:
         "image_paths": args.parquet_image_paths,
         "max_image_bytes": args.max_image_bytes,
     }
+
+
+def source_inputs(source: str) -> list[tuple[str, str]]:
+    """The files ``--input`` names, for :func:`check_outputs`: each shard of a brace pattern
+    (``shards/{000..009}.tar``), else the path itself."""
+    from synthguard.sources import expand_braces
+
+    if "{" in source and not os.path.lexists(source):
+        return [("--input", name) for name in expand_braces(source)]
+    return [("--input", source)]
 
 
 def encoder_inputs(spec: str | None) -> list[tuple[str, str]]:

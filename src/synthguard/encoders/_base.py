@@ -30,17 +30,22 @@ Failure = tuple[ReasonCode, str]
 
 
 class EncoderFingerprint(BaseModel):
-    """What makes two sets of embeddings comparable.
+    """What makes two sets of embeddings comparable: the model, and the numerics it ran at.
 
-    ``digest`` hashes the model id, weights, preprocessing, embedding dimension and compute
-    precision. Library versions are recorded for provenance but left out of the digest: a patch
-    release of torch must not invalidate every stored reference, while any change that alters
-    the function (weights, preprocessing, precision) does.
+    ``digest`` hashes the model id, weights, preprocessing and embedding dimension: *the same
+    model and preprocessing*. ``precision`` (the numerics: ``"fp32"``, ``"bf16"``, ``"fp16"``)
+    is recorded but not hashed, so a reference built in fp32 on a CPU and an encoder on a GPU
+    (bf16 under ``precision="auto"``) are the same model; a guard then embeds at the
+    reference's precision (docs/encoders.md, "Precision"). Library versions are recorded for
+    provenance and not hashed either: a patch release of torch must not invalidate every
+    stored reference, while a change of weights or preprocessing does.
 
     Example:
         >>> fp = EncoderFingerprint(model_id="m", weights_sha256="0" * 64, dim=4)
         >>> len(fp.digest)
         64
+        >>> fp.model_copy(update={"precision": "bf16"}).digest == fp.digest
+        True
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,8 +60,8 @@ class EncoderFingerprint(BaseModel):
 
     @property
     def digest(self) -> str:
-        """SHA-256 over everything that changes the embedding function (not ``versions``)."""
-        payload = self.model_dump(exclude={"versions"})
+        """SHA-256 of the model and its preprocessing (not ``precision`` nor ``versions``)."""
+        payload = self.model_dump(exclude={"precision", "versions"})
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -117,6 +117,9 @@ class BatchedEncoder:
         self._backend = backend
         self._device = resolve_device(device)
         self._precision = resolve_precision(precision, self._device)
+        # "auto" leaves the numerics to synthguard: a guard may embed at its reference's
+        # precision instead (with_precision); an explicit precision is the user's and is kept.
+        self._precision_auto = precision == "auto"
         self._output_device = torch.device(output_device)
         self.requested_batch_size = batch_size
         self.batch_size = batch_size
@@ -158,6 +161,53 @@ class BatchedEncoder:
         return self._precision
 
     @property
+    def precision_is_auto(self) -> bool:
+        """Whether :attr:`precision` was chosen by ``precision="auto"`` (not set explicitly)."""
+        return self._precision_auto
+
+    def with_precision(self, precision: str) -> BatchedEncoder:
+        """This encoder at another compute precision, sharing the loaded model.
+
+        The new engine has its own worker threads and cache key (embeddings differ by
+        precision) and the same model, device and options; its fingerprint differs only in
+        ``precision``. A guard uses it to embed at its reference's precision when this
+        encoder's precision was ``"auto"``.
+
+        Args:
+            precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
+
+        Raises:
+            InvalidInputError: an unknown precision, or one the device cannot run (bf16 on a
+                GPU without bf16 support).
+
+        Example:
+            >>> enc = load_encoder("bundled:digits", device="cpu")  # doctest: +SKIP
+            >>> enc.with_precision("bf16").precision                # doctest: +SKIP
+            'bf16'
+        """
+        resolved = resolve_precision(precision, self._device)
+        if (
+            resolved == "bf16"
+            and self._device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise InvalidInputError(
+                f"precision='bf16' needs a GPU with bf16 support; {self._device} has none "
+                "(use precision='fp16' or 'fp32')"
+            )
+        self._check_open()
+        if resolved == self._precision and (precision == "auto") == self._precision_auto:
+            return self
+        other = BatchedEncoder.__new__(BatchedEncoder)
+        other.__setstate__(self.__getstate__())  # no thread pool nor cache connection
+        other._precision, other._precision_auto = resolved, precision == "auto"
+        if "fingerprint" in self.__dict__:  # not hashing the weights again
+            other.__dict__["fingerprint"] = self.fingerprint.model_copy(
+                update={"precision": resolved}
+            )
+        return other
+
+    @property
     def context_length(self) -> int:
         """Maximum caption length in tokens, special tokens included."""
         return self._backend.context_length
@@ -197,7 +247,9 @@ class BatchedEncoder:
         """The on-disk embedding cache, or ``None`` when ``cache_dir`` was not given."""
         if self._cache_dir is None:
             return None
-        return EmbeddingCache(self._cache_dir, self.fingerprint.digest, self.dim)
+        # Keyed by the model *and* the precision: a bf16 row is not an fp32 row.
+        key = f"{self.fingerprint.digest}/{self._precision}"
+        return EmbeddingCache(self._cache_dir, key, self.dim)
 
     def encode_images(
         self, images: Sequence[Any], *, on_error: OnError = "raise", progress: bool | None = None

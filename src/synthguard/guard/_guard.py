@@ -36,7 +36,8 @@ class Guard:
         config: a :class:`GuardConfig` (defaults when ``None``).
         encoder: the frozen encoder; defaults to the reference's own (in memory after
             :meth:`Reference.build`, or reloaded from its ``encoder_spec``). Must have the
-            reference's fingerprint.
+            reference's model (fingerprint digest); one loaded with ``precision="auto"``
+            embeds at the reference's precision (docs/encoders.md, "Precision").
         recaptioner: optional :class:`~synthguard.relabel.Recaptioner`; samples failing only
             the alignment check get generated candidates, and a better-aligned caption that
             passes the threshold replaces theirs (provenance kept).
@@ -46,7 +47,8 @@ class Guard:
             reference support.
 
     Raises:
-        IncompatibleStatsError: the encoder's fingerprint differs from the reference's.
+        IncompatibleStatsError: the encoder is another model than the reference's, or
+            computes at another precision that was set explicitly.
 
     Example:
         >>> import synthguard as sg
@@ -76,8 +78,8 @@ class Guard:
         self._encoder = encoder if encoder is not None else reference.encoder
         if self._encoder is None and reference.encoder_spec is not None:
             self._encoder = load_encoder(reference.encoder_spec)
-        if self._encoder is not None:
-            reference.check_encoder(self._encoder)
+        if self._encoder is not None:  # the reference's model, at the reference's precision
+            self._encoder = reference.encoder_for(self._encoder)
             # The null goes where the encoder runs (a GPU), unless GuardConfig.device says.
             self.plan = replace(self.plan, encoder_device=str(self._encoder.device))
 
@@ -194,7 +196,8 @@ class Guard:
         sync: bool | None = None,
         group: Any = None,
     ) -> GuardReport:
-        """Decide on pairs embedded elsewhere (by the reference's encoder).
+        """Decide on pairs embedded elsewhere, by the reference's encoder at its precision
+        (``reference.fingerprint.precision``: other numerics move the scores, docs/encoders.md).
 
         A NaN, infinite or zero row is that sample's reject (``encoding_failed``), not an
         error; shapes, labels and ids are validated. ``sync`` and ``group`` are as in

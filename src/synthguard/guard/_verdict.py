@@ -109,6 +109,8 @@ def make_report(
         n_repeats=summary.n_repeats,
         reference={
             "encoder_digest": None if ref.fingerprint is None else ref.fingerprint.digest,
+            # Guard.check embeds at the reference's precision (docs/encoders.md, "Precision").
+            "precision": None if ref.fingerprint is None else ref.fingerprint.precision,
             "pairs": ref.stats.n_pairs,
             "support": ref.n_support,
         },

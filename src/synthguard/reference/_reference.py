@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from synthguard._errors import CorruptFileError, IncompatibleStatsError, InvalidInputError
+from synthguard._errors import CorruptFileError, InvalidInputError
 from synthguard._io import FileRefusedError, atomic_write_bytes, read_file
 from synthguard._validation import check_int, check_label_range, describe
 from synthguard.batch import PairBatch, as_sample_list
@@ -33,6 +33,7 @@ from synthguard.reference._build import (
 )
 from synthguard.reference._calibrated import CalibratedSupport
 from synthguard.reference._codec import ReferenceState, decode, encode
+from synthguard.reference._numerics import at_reference_precision
 from synthguard.stats import EmbeddingStats
 
 if TYPE_CHECKING:
@@ -300,16 +301,21 @@ class Reference(CalibratedSupport):
         self.concept_banks.append(bank)
 
     def check_encoder(self, encoder: Encoder) -> None:
-        """Raise :class:`IncompatibleStatsError` if ``encoder`` is not the reference's."""
-        if self.fingerprint is None:
-            return
-        theirs = encoder.fingerprint
-        if theirs.digest != self.fingerprint.digest:
-            raise IncompatibleStatsError(
-                f"the encoder's fingerprint ({theirs.model_id}, digest {theirs.digest[:12]}…) "
-                f"differs from the reference's ({self.fingerprint.model_id}, digest "
-                f"{self.fingerprint.digest[:12]}…); rebuild the reference with this encoder"
-            )
+        """Raise :class:`IncompatibleStatsError` if ``encoder`` cannot embed for this
+        reference: another model or preprocessing, or a precision :meth:`encoder_for` cannot
+        match."""
+        self.encoder_for(encoder)
+
+    def encoder_for(self, encoder: Encoder) -> Encoder:
+        """``encoder`` at this reference's numerics: itself when its precision is the
+        reference's; the same model at the reference's precision when it was loaded with
+        ``precision="auto"`` (a reference built in fp32 on a CPU, a guard on a GPU).
+
+        Raises:
+            IncompatibleStatsError: another model or preprocessing (fingerprint digest), or
+                another precision set explicitly (the message names both and the fix).
+        """
+        return at_reference_precision(self.fingerprint, encoder)
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -333,8 +339,7 @@ class Reference(CalibratedSupport):
             raise CorruptFileError(str(exc)) from exc
         ref = cls.from_bytes(blob, source=str(path))
         if encoder is not None:
-            ref.check_encoder(encoder)
-            ref.encoder = encoder
+            ref.encoder = ref.encoder_for(encoder)
         return ref
 
     def to_bytes(self) -> bytes:

@@ -139,7 +139,8 @@ class GuardReport(BaseModel):
         null_cached: whether the batch tests' null at ``rows_tested`` was read from the
             reference (``True``) or computed for this check (``False``; precompute it with
             ``Reference.build(batch_sizes=...)``); ``None`` when no resampled test ran.
-        reference: what the batch was compared with (encoder digest, pairs, support).
+        reference: what the batch was compared with (encoder digest, precision, pairs,
+            support); ``Guard.check`` embeds at this precision.
         concepts: per concept-bank group, the batch's concept mix against the reference's
             (:class:`~synthguard.ConceptDrift`), when the guard has concept banks.
         concepts_by_class: per group and class name, the attribute mix *within* the class

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -11,7 +12,7 @@ from synthguard._io import RefusedImage, SourceFile, format_bytes, open_regular
 from synthguard._reasons import ReasonCode
 from synthguard.sources._read import ReadOptions, label_of
 
-__all__ = ["pyarrow_parquet", "read_parquet"]
+__all__ = ["iter_parquet", "pyarrow_parquet"]
 
 
 def pyarrow_parquet() -> Any:
@@ -25,52 +26,58 @@ def pyarrow_parquet() -> Any:
     return pq
 
 
-def read_parquet(path: Path, opts: ReadOptions) -> list[dict[str, Any]]:
-    """The rows of a Parquet file (see :func:`~synthguard.sources.read_pairs`)."""
+def iter_parquet(path: Path, opts: ReadOptions, batch_rows: int) -> Iterator[dict[str, Any]]:
+    """The rows of a Parquet file, ``batch_rows`` at a time from pyarrow (see
+    :func:`~synthguard.sources.read_pairs`)."""
     pq = pyarrow_parquet()
+    paths = _Paths(path, opts)
+    number = 0
     try:
         with open_regular(path, what="Parquet file") as handle:
-            table = pq.read_table(handle).to_pylist()
+            for record_batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows):
+                for entry in record_batch.to_pylist():
+                    yield _row(entry, f"{path}: row {number}", number, path, paths, opts)
+                    number += 1
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid / ArrowIOError subclass these
         if isinstance(exc, InvalidInputError):
             raise
         raise InvalidInputError(f"{path} is not a readable Parquet file: {exc}") from exc
-    paths = _Paths(path, opts)
-    rows = []
-    for number, entry in enumerate(table):
-        if "caption" not in entry and "text" in entry:  # Hugging Face datasets' usual name
-            entry["caption"] = entry["text"]
-        if "caption" not in entry or ("image" not in entry and "file" not in entry):
-            raise InvalidInputError(
-                f"{path}: needs a 'caption' (or 'text') column and an 'image' (bytes) or 'file' "
-                f"column; got {sorted(entry)}"
-            )
-        where = f"{path}: row {number}"
-        image = entry.get("image")
-        if isinstance(image, dict):  # datasets' Image feature: {"bytes", "path"}
-            image = image.get("bytes") or (
-                paths.opt_in(str(image["path"]), where, "the image struct's 'path' (no bytes)")
-                if image.get("path")
-                else None
-            )
-        elif isinstance(image, str):
-            image = paths.opt_in(image, where, "the 'image' column")
-        if image is None and entry.get("file") is not None:
-            image = paths.contained(str(entry["file"]), where)  # the documented path column
-        limit = opts.max_image_bytes
-        if isinstance(image, (bytes, bytearray)) and limit is not None and len(image) > limit:
-            image = RefusedImage(
-                ReasonCode.IMAGE_TOO_LARGE,
-                f"{where}: the image has {format_bytes(len(image))}, more than "
-                f"max_image_bytes={format_bytes(limit)}",
-            )
-        rows.append({
-            "image": image if image is not None else b"",
-            "caption": entry["caption"],
-            "label": label_of(entry.get("label"), where),
-            "id": entry.get("id") if entry.get("id") is not None else number,
-        })  # fmt: skip
-    return rows
+
+
+def _row(
+    entry: dict[str, Any], where: str, number: int, path: Path, paths: _Paths, opts: ReadOptions
+) -> dict[str, Any]:
+    if "caption" not in entry and "text" in entry:  # Hugging Face datasets' usual name
+        entry["caption"] = entry["text"]
+    if "caption" not in entry or ("image" not in entry and "file" not in entry):
+        raise InvalidInputError(
+            f"{path}: needs a 'caption' (or 'text') column and an 'image' (bytes) or 'file' "
+            f"column; got {sorted(entry)}"
+        )
+    image = entry.get("image")
+    if isinstance(image, dict):  # datasets' Image feature: {"bytes", "path"}
+        image = image.get("bytes") or (
+            paths.opt_in(str(image["path"]), where, "the image struct's 'path' (no bytes)")
+            if image.get("path")
+            else None
+        )
+    elif isinstance(image, str):
+        image = paths.opt_in(image, where, "the 'image' column")
+    if image is None and entry.get("file") is not None:
+        image = paths.contained(str(entry["file"]), where)  # the documented path column
+    limit = opts.max_image_bytes
+    if isinstance(image, (bytes, bytearray)) and limit is not None and len(image) > limit:
+        image = RefusedImage(
+            ReasonCode.IMAGE_TOO_LARGE,
+            f"{where}: the image has {format_bytes(len(image))}, more than "
+            f"max_image_bytes={format_bytes(limit)}",
+        )
+    return {
+        "image": image if image is not None else b"",
+        "caption": entry["caption"],
+        "label": label_of(entry.get("label"), where),
+        "id": entry.get("id") if entry.get("id") is not None else number,
+    }
 
 
 class _Paths:

@@ -1,4 +1,5 @@
-"""Readers of a folder with a caption file and of WebDataset shards (Parquet: ``_parquet.py``)."""
+"""The folder reader and the rules every reader shares (shards: ``_tar.py``, Parquet:
+``_parquet.py``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import json
 import math
 import os
 import re
-import tarfile
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,20 +19,21 @@ from synthguard._errors import InvalidInputError
 from synthguard._io import (
     DEFAULT_MAX_IMAGE_BYTES,
     MAX_MANIFEST_BYTES,
-    MAX_SIDECAR_BYTES,
-    RefusedImage,
     SourceFile,
-    format_bytes,
-    open_regular,
     read_file,
 )
-from synthguard._reasons import ReasonCode
 
-__all__ = ["IMAGE_EXTENSIONS", "ReadOptions", "label_of", "read_folder", "read_tars", "safe_name"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ReadOptions",
+    "json_object",
+    "label_of",
+    "read_folder",
+    "safe_name",
+    "utf8",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-#: Shard members a sample is made of; others are skipped unread.
-_SIDECARS = (".txt", ".json", ".cls")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def safe_name(root: Path, name: str) -> Path:
     return root.joinpath(*pure.parts)
 
 
-def _utf8(data: bytes, where: str) -> str:
+def utf8(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -65,9 +65,9 @@ def _utf8(data: bytes, where: str) -> str:
         ) from exc
 
 
-def _json_object(data: bytes, where: str) -> dict[str, Any]:
+def json_object(data: bytes, where: str) -> dict[str, Any]:
     try:
-        value = json.loads(_utf8(data, where))
+        value = json.loads(utf8(data, where))
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{where} is not JSON: {exc}") from exc
     if not isinstance(value, dict):
@@ -83,7 +83,7 @@ def read_folder(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
         raise InvalidInputError(f"folder {str(root)!r} needs captions.jsonl or captions.csv")
     # The caption file is contained like the images: a symlink to another folder's captions
     # would make this source read (and judge) files the user never named.
-    text = _utf8(
+    text = utf8(
         read_file(
             found, max_bytes=MAX_MANIFEST_BYTES, what="caption file", root=real_root,
             follow_symlinks=opts.follow_symlinks,
@@ -117,100 +117,6 @@ def read_folder(root: Path, opts: ReadOptions) -> list[dict[str, Any]]:
             "id": entry.get("id") or str(entry["file"]),
         })  # fmt: skip
     return rows
-
-
-def read_tars(path: Path, opts: ReadOptions) -> list[dict[str, Any]]:
-    folder = path.is_dir()
-    shards = sorted(path.glob("*.tar")) if folder else [path]
-    root = os.path.realpath(path) if folder else None  # a shard the user named is theirs
-    rows = []
-    for shard in shards:
-        try:
-            handle = open_regular(
-                shard, what="tar shard", root=root, follow_symlinks=opts.follow_symlinks
-            )
-            with handle, tarfile.open(fileobj=handle) as tar:
-                groups = _members(tar, shard, opts)
-        except tarfile.TarError as exc:
-            raise InvalidInputError(f"{shard} is not a readable tar shard: {exc}") from exc
-        for key, files in groups.items():
-            image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
-            where = f"{shard}: sample {key!r}"
-            meta = _json_object(_data(files[".json"]), f"{where} .json") if ".json" in files else {}
-            caption = (
-                _utf8(_data(files[".txt"]), f"{where} .txt")
-                if ".txt" in files
-                else meta.get("caption")
-            )
-            if image is None and caption is None:
-                continue  # neither an image nor a caption: not a sample (e.g. stray files)
-            cls = _utf8(_data(files[".cls"]), f"{where} .cls").strip() if ".cls" in files else None
-            rows.append({
-                "image": image if image is not None else b"",
-                "caption": caption,
-                "label": label_of(meta.get("label", cls), where),
-                "id": f"{shard.name}/{key}" if len(shards) > 1 else key,
-            })  # fmt: skip
-    return rows
-
-
-def _data(value: bytes | RefusedImage) -> bytes:
-    assert isinstance(value, bytes)  # only images are ever refused
-    return value
-
-
-def _members(
-    tar: tarfile.TarFile, shard: Path, opts: ReadOptions
-) -> dict[str, dict[str, bytes | RefusedImage]]:
-    """Per sample key, per extension: the member's bytes, or why an image was not read.
-
-    Sizes come from the member headers, so a 10 kB shard declaring a 40 GiB (sparse) member is
-    refused before anything is allocated; members nobody uses are never read.
-    """
-    groups: dict[str, dict[str, bytes | RefusedImage]] = defaultdict(dict)
-    seen: set[tuple[str, str]] = set()
-    for member in tar:
-        if member.isdir() and member.name.rstrip("/") in ("", "."):
-            continue  # GNU tar's "./" entry (tar -C dir -cf s.tar .)
-        safe_name(Path(shard.name), member.name)  # refuses '..' and absolute names
-        if member.isdir():
-            continue
-        name = PurePosixPath(member.name)
-        key = str(name.parent / name.name.split(".", 1)[0])
-        ext = ("." + name.name.split(".", 1)[1] if "." in name.name else "").lower()
-        if (key, ext) in seen:  # a second file for one sample's slot
-            raise InvalidInputError(
-                f"{shard}: sample {key!r} has two {ext or 'extensionless'} members; which one "
-                "is the sample's is ambiguous"
-            )
-        seen.add((key, ext))
-        where = f"{shard}: member {member.name!r}"
-        if ext in IMAGE_EXTENSIONS:
-            if not member.isfile():  # a symlink, hard link or device: nothing of its own
-                groups[key][ext] = RefusedImage(
-                    ReasonCode.UNREADABLE_IMAGE, f"{where} is not a regular file (a link?)"
-                )
-            elif opts.max_image_bytes is not None and member.size > opts.max_image_bytes:
-                groups[key][ext] = RefusedImage(
-                    ReasonCode.IMAGE_TOO_LARGE,
-                    f"{where} has {format_bytes(member.size)}, more than "
-                    f"max_image_bytes={format_bytes(opts.max_image_bytes)}",
-                )
-            else:
-                groups[key][ext] = _read_member(tar, member)
-        elif ext in _SIDECARS and member.isfile():
-            if member.size > MAX_SIDECAR_BYTES:
-                raise InvalidInputError(
-                    f"{where} has {format_bytes(member.size)}; a caption or metadata member "
-                    f"may hold at most {format_bytes(MAX_SIDECAR_BYTES)}"
-                )
-            groups[key][ext] = _read_member(tar, member)
-    return groups
-
-
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    handle = tar.extractfile(member)
-    return handle.read(member.size) if handle else b""
 
 
 def label_of(value: Any, where: str) -> int | None:

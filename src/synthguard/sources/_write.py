@@ -26,12 +26,14 @@ def write_pairs(batch: PairBatch, dest: str | Path, kind: SourceKind) -> Path:
 
     Images must be paths or encoded bytes (as :func:`read_pairs` returns them). A path a source
     returned is read under that source's rules again (contained, regular file, size limit).
+    A WebDataset ``dest`` ending in ``.tar.gz`` or ``.tgz`` is gzip-compressed.
     """
     target = Path(dest)
     if kind == "folder":
         return _write_folder(batch, target)
     if kind == "webdataset":
-        with atomic_path(target) as tmp, tarfile.open(tmp, "w") as tar:
+        gz = target.name.lower().endswith((".tar.gz", ".tgz"))  # the name says how to read it
+        with atomic_path(target) as tmp, tarfile.open(tmp, "w:gz" if gz else "w") as tar:
             for i in range(len(batch)):
                 key = _key(batch.ids[i], i)
                 _add(tar, f"{key}{_suffix(batch.images[i])}", _bytes(batch.images[i]))
