@@ -27,6 +27,7 @@ SETTINGS: dict[str, Any] = {
     "class_mix": False,
     "threads": 2,
     "device": "cpu",
+    "test_weights": {"flag_rate": 2.0},  # a mapping in the file, sorted pairs in the config
 }
 
 
