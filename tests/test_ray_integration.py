@@ -67,13 +67,14 @@ def local_ray() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def embedded(local_ray: None, rows: list[dict[str, Any]]) -> Any:
+def embedded(local_ray: None, rows: list[dict[str, Any]], reference: sg.Reference) -> Any:
     from synthguard.integrations.ray import embed
 
     ds = ray.data.from_items(rows, override_num_blocks=len(rows) // BLOCK)
     return embed(
-        ds, "bundled:digits", batch_size=BLOCK, encoder_options={"batch_size": 7}
-    ).materialize()
+        ds, "bundled:digits", batch_size=BLOCK, encoder_options={"batch_size": 7},
+        reference=reference,  # the actors embed at its precision
+    ).materialize()  # fmt: skip
 
 
 def _by_id(batch: dict[str, Any]) -> dict[str, int]:
@@ -99,6 +100,8 @@ def test_embed_adds_the_encoders_embeddings_and_keeps_bad_rows(
     errors = got["embed_error"][order]
     assert errors[5] == "unreadable_image" and errors[17] == "empty_caption"
     assert np.isnan(image[5]).all() and set(errors[ok]) == {""}
+    assert reference.fingerprint is not None  # rows say the precision they were embedded at
+    assert set(got["embed_precision"]) == {reference.fingerprint.precision}
 
 
 @pytest.mark.slow
@@ -184,6 +187,23 @@ def test_pool_state_round_trips_through_safetensors_bytes(reference: sg.Referenc
     for a, b in ((state.accepted, again.accepted), (state.embedded, again.embedded)):
         for name, value in a.state_dict().items():
             assert torch.equal(value, b.state_dict()[name]), name
+
+
+def test_rows_embedded_at_another_precision_are_refused(reference: sg.Reference) -> None:
+    """A GPU actor's bf16 rows against an fp32 reference: not exchangeable with the
+    calibration (docs/encoders.md, "Precision"), so the block is refused, naming the fix."""
+    plan = block_plan(reference, CONFIG)
+    assert reference.fingerprint is not None
+    ours = reference.fingerprint.precision
+    other = "bf16" if ours != "bf16" else "fp32"
+    g = torch.Generator().manual_seed(0)
+    block = {"image_embedding": torch.randn(4, reference.stats.dim, generator=g).numpy(),
+             "text_embedding": torch.randn(4, reference.stats.dim, generator=g).numpy(),
+             "embed_precision": np.array([ours, other, ours, ours])}  # fmt: skip
+    with pytest.raises(sg.IncompatibleStatsError, match=f"precision {other} but the reference"):
+        decide_block(plan, block, id_column=None, label_column=None)
+    block["embed_precision"] = np.array([ours] * 4)
+    assert len(decide_block(plan, block, id_column=None, label_column=None)["sg_accepted"]) == 4
 
 
 def test_bad_id_and_label_columns_are_named_in_the_error(reference: sg.Reference) -> None:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from synthguard._errors import InvalidInputError
+from synthguard._errors import IncompatibleStatsError, InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._validation import unit_rows_or_nan
 from synthguard.batch import PairBatch
@@ -38,6 +38,7 @@ from synthguard.stats._hashing import hash_ids
 
 __all__ = [
     "IMAGE_COLUMN",
+    "PRECISION_COLUMN",
     "TEXT_COLUMN",
     "PoolSpec",
     "PoolState",
@@ -49,6 +50,8 @@ __all__ = [
 
 IMAGE_COLUMN, TEXT_COLUMN = "image_embedding", "text_embedding"
 ERROR_COLUMN, TRUNCATED_COLUMN = "embed_error", "embed_truncated"
+#: The precision each row was embedded at (``integrations.ray.embed`` writes it).
+PRECISION_COLUMN = "embed_precision"
 _CODES = tuple(ReasonCode)
 _COUNTS = ("samples", "relabeled", "truncated", "flagged")
 #: Reasons that reject a sample without counting for the flag-rate test (within-batch checks).
@@ -62,6 +65,22 @@ def block_plan(
     ``per_sample_only=False``, the full configuration (the pool's verdict)."""
     plan = GuardPlan.compile(reference, config)
     return plan.per_sample_only() if per_sample_only else plan
+
+
+def _check_precision(plan: GuardPlan, batch: dict[str, Any]) -> None:
+    """Refuse rows embedded at another precision than the reference's (their scores and
+    statistics are not exchangeable with the calibration's; docs/encoders.md, "Precision")."""
+    fingerprint = plan.reference.fingerprint
+    if fingerprint is None or PRECISION_COLUMN not in batch:
+        return
+    found = sorted({str(v) for v in batch[PRECISION_COLUMN]} - {fingerprint.precision})
+    if found:
+        raise IncompatibleStatsError(
+            f"rows were embedded at precision {', '.join(found)} but the reference at "
+            f"{fingerprint.precision}: pass reference= to integrations.ray.embed (it embeds at "
+            f"the reference's precision), or encoder_options={{'precision': "
+            f"'{fingerprint.precision}'}}"
+        )
 
 
 def decide_block(
@@ -78,6 +97,7 @@ def decide_block(
                 f"the dataset must have a {column!r} column (run integrations.ray.embed first); "
                 f"got columns {sorted(batch)}"
             )
+    _check_precision(plan, batch)
     image = unit_rows_or_nan(IMAGE_COLUMN, _matrix(batch[IMAGE_COLUMN], dim), dim)
     text = unit_rows_or_nan(TEXT_COLUMN, _matrix(batch[TEXT_COLUMN], dim), dim, image.shape[0])
     n = image.shape[0]

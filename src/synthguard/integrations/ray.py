@@ -44,6 +44,7 @@ from synthguard.config import GuardConfig
 from synthguard.guard._pool import (
     ERROR_COLUMN,
     IMAGE_COLUMN,
+    PRECISION_COLUMN,
     TEXT_COLUMN,
     TRUNCATED_COLUMN,
     PoolSpec,
@@ -109,10 +110,11 @@ def embed(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     encoder_options: Mapping[str, Any] | None = None,
+    reference: Reference | None = None,
     **map_batches_kwargs: Any,
 ) -> Any:
-    """Add ``image_embedding``, ``text_embedding``, ``embed_error`` and ``embed_truncated``
-    (caption longer than the text context) columns to ``ds``.
+    """Add ``image_embedding``, ``text_embedding``, ``embed_error``, ``embed_truncated``
+    (caption longer than the text context) and ``embed_precision`` columns to ``ds``.
 
     Args:
         ds: a :class:`ray.data.Dataset` with an image column (encoded bytes, paths or HWC
@@ -127,6 +129,10 @@ def embed(
         num_gpus: GPUs per actor; ``None`` takes 1 when the cluster has GPUs, else 0.
         encoder_options: engine options for :func:`~synthguard.load_encoder` in each actor
             (``precision``, ``batch_size``, ``num_workers``, ...).
+        reference: the reference :func:`audit` will use: the actors embed at its precision
+            (unless ``encoder_options`` sets one). :func:`audit` refuses rows embedded at
+            another precision than its reference's (bf16 on GPU actors against an fp32
+            reference moves scores and statistics; docs/encoders.md, "Precision").
         **map_batches_kwargs: passed to :meth:`ray.data.Dataset.map_batches`.
 
     A sample that cannot be embedded keeps its row: NaN embeddings and its reason code
@@ -143,6 +149,12 @@ def embed(
     check_int("concurrency", concurrency, minimum=1)
     if num_cpus is not None:
         num_cpus = check_float("num_cpus", num_cpus, low=0.0)
+    options = dict(encoder_options or {})
+    if reference is not None:
+        if not isinstance(reference, Reference):
+            raise InvalidInputError(f"reference must be a Reference; got {describe(reference)}")
+        if reference.fingerprint is not None:
+            options.setdefault("precision", reference.fingerprint.precision)
     cpus = _pool_cpus(ray, num_cpus, concurrency)
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
@@ -150,7 +162,7 @@ def embed(
         _Embedder,
         fn_constructor_kwargs={
             "spec": encoder, "image_column": image_column, "caption_column": caption_column,
-            "options": dict(encoder_options or {}),
+            "options": options,
         },
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
@@ -290,6 +302,7 @@ class _Embedder:
             [str(emb.errors[i]) if i in emb.errors else "" for i in range(len(pairs))]
         )
         out[TRUNCATED_COLUMN] = emb.truncated.numpy().astype(bool)
+        out[PRECISION_COLUMN] = np.array([self.encoder.fingerprint.precision] * len(pairs))
         return out
 
 
