@@ -111,7 +111,9 @@ def make_report(
             "encoder_digest": None if ref.fingerprint is None else ref.fingerprint.digest,
             "pairs": ref.stats.n_pairs,
             "support": ref.n_support,
+            "label_names": None if ref.label_names is None else list(ref.label_names),
         },
+        reference_percentiles=plan.score_percentiles,
     )
 
 
