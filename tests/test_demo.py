@@ -40,7 +40,9 @@ def test_the_demo_shows_collapse_and_the_guard_catching_it(demo: DemoResult) -> 
     assert sum(g["batches_rejected"] for g in guard_logs) >= 5
     assert all(g["rejects_by_reason"] for g in guard_logs)
     # Outputs: the report and one JSONL log per arm, one line per generation.
-    assert (result.out / "report.html").stat().st_size < 2_000_000
+    page = (result.out / "report.html").read_text()
+    assert len(page) < 2_000_000 and page.count('<figure class="chart">') == 3
+    assert "data:image/png;base64," in page  # the guard's last decision, with its thumbnails
     for arm in ("replace", "guarded", "accumulate"):
         lines = (result.out / f"{arm}.jsonl").read_text().splitlines()
         assert [json.loads(line)["generation"] for line in lines] == list(range(11))
