@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: demo test lint typecheck pytest install install-dev bench clean
+.PHONY: demo test lint typecheck pytest install install-dev bench report-screenshots clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/synthguard demo
@@ -32,6 +32,11 @@ pytest: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/synthguard bench
+
+# PNGs of the demo page and a `check --html` page for docs/demo.md and docs/cli.md (offline,
+# bundled digits, Debian's chromium).
+report-screenshots: $(VENV)/.installed-dev
+	$(PY) scripts/report_screenshots.py --out docs/img
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

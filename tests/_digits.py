@@ -16,3 +16,7 @@ def digits_reference(digits: Any, encoder: Any, n: int = 270) -> sg.Reference:
         digits.images[:n], digits.captions[:n], encoder=encoder, labels=digits.labels[:n],
         label_names=DIGIT_NAMES, label_templates=TEMPLATE, ids=digits.ids[:n],
     )  # fmt: skip
+
+
+#: A caption a page must show as text: markup, a script and mathtext-looking dollars.
+HOSTILE_CAPTION = "<script>alert('x')</script> a digit $5$ & <b>bold</b>"

@@ -51,6 +51,15 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """Headless Chromium for the report pages (skips, saying why, where it cannot start)."""
+    from _browser import launch
+
+    with launch() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="session")
 def tiny_openclip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from _tiny_models import build_openclip_dir
 

@@ -33,6 +33,7 @@ from synthguard.checks import (
     kth_distance,
     max_cosine,
 )
+from synthguard.checks._geometry import nearest_cosine
 from synthguard.checks._null import kept_radii_sq
 from synthguard.functional.mmd import rbf_kernel
 from synthguard.stats import Moments
@@ -59,6 +60,10 @@ def test_max_cosine_and_kth_distance_match_brute_force() -> None:
     np.testing.assert_allclose(
         kth_distance(x, y, 3).numpy(), np.sort(dists, axis=1)[:, 2], atol=1e-7
     )
+    # The row reaching the maximum (the report's partner of a duplicate or a copy).
+    assert nearest_cosine(x, y)[1].tolist() == sims.argmax(1).tolist()
+    partners = [-1] + [int(self_sims[i, :i].argmax()) for i in range(1, 30)]
+    assert nearest_cosine(x, exclude="later")[1].tolist() == partners
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,7 +1,7 @@
-"""Offline stand-ins for pretrained assets, shared by the tests and the ``--smoke`` examples.
+"""Offline stand-ins shared by the tests, the ``--smoke`` examples and the docs' screenshots.
 
 Not part of the public API: tiny random models are for exercising code paths offline, never
-for measuring anything.
+for measuring anything; :func:`flawed_digits` is real data with flaws whose answers are known.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["clip_tokenizer", "tiny_blip"]
+__all__ = ["clip_tokenizer", "flawed_digits", "tiny_blip"]
 
 
 def clip_tokenizer(path: Path) -> Any:
@@ -70,3 +70,48 @@ def tiny_blip(words: Sequence[str], *, seed: int = 0) -> tuple[Any, Any]:
     model = BlipForConditionalGeneration(config).eval()
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
     return model, BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def flawed_digits(
+    digits: Any, *, start: int = 270, n: int = 100, noise_caption: str | None = None
+) -> tuple[Any, dict[str, list[tuple[int, int]]]]:
+    """Fresh real digits (``digits[start:start + n]``, outside a reference built from
+    ``digits[:start]``) with known flaws appended: exact repeats of earlier samples, copies of
+    reference images, captions and labels naming another digit, and noise images (the first
+    captioned ``noise_caption`` when given).
+
+    Returns the :class:`~synthguard.PairBatch` and ``{flaw: [(index, source), ...]}``: the
+    sample a repeat repeats, the reference digit a copy copies, the sample a relabel mislabels
+    (``-1`` for noise).
+    """
+    import numpy as np
+    from PIL import Image
+
+    from synthguard.batch import PairBatch
+    from synthguard.datasets import DIGIT_NAMES
+
+    images = list(digits.images[start : start + n])
+    captions = list(digits.captions[start : start + n])
+    labels = [int(y) for y in digits.labels[start : start + n]]
+    flaws: dict[str, list[tuple[int, int]]] = {"repeat": [], "copy": [], "relabel": [], "noise": []}
+
+    def add(image: Any, caption: str, label: int, flaw: str, source: int) -> None:
+        flaws[flaw].append((len(images), source))
+        images.append(image)
+        captions.append(caption)
+        labels.append(label)
+
+    for j in range(0, 30, 5):
+        add(images[j], captions[j], labels[j], "repeat", j)
+    for j in range(4):
+        add(digits.images[j], digits.captions[j], int(digits.labels[j]), "copy", j)
+    for j in range(40, 46):
+        other = (labels[j] + 3) % 10
+        add(images[j], f"a handwritten digit {DIGIT_NAMES[other]}", other, "relabel", j)
+    rng = np.random.default_rng(0)
+    for j in range(4):
+        noise = Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8))
+        caption = noise_caption if j == 0 and noise_caption is not None else captions[j]
+        add(noise, caption, labels[j], "noise", -1)
+    ids = [f"s{i:03d}" for i in range(len(images))]
+    return PairBatch(images, captions, labels=labels, ids=ids), flaws

@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from synthguard._reasons import ReasonCode
-from synthguard.checks._geometry import kth_distance, max_cosine
+from synthguard.checks._geometry import kth_distance, max_cosine, nearest_cosine
 from synthguard.relabel import ZeroShotPrediction
 
 __all__ = [
@@ -48,10 +48,14 @@ Needs = Literal["labels", "captions"]
 
 
 class Scores(NamedTuple):
-    """A check's scores in its own units, and where it can fire (``None``: everywhere)."""
+    """A check's scores in its own units, where it can fire (``None``: everywhere), and, for a
+    score measured against one other image, that image (the report shows it)."""
 
     value: torch.Tensor  # [n] float64, NaN where undefined
     fires: torch.Tensor | None = None  # [n] bool
+    # [n] int64 row the score was measured against (-1: none): of the scored rows themselves
+    # for a within-batch check, else of the support
+    partner: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,13 @@ def _given_probability(
     return Scores(given, disagree)
 
 
+def _nearest(
+    x: torch.Tensor, y: torch.Tensor | None = None, *, exclude: Literal["later"] | None = None
+) -> tuple[torch.Tensor, None, torch.Tensor]:
+    value, partner = nearest_cosine(x, y, exclude=exclude)
+    return value, None, partner
+
+
 def _tokens(tokens: torch.Tensor | None, n: int) -> Scores:
     if tokens is None:
         return Scores(torch.full((n,), math.nan, dtype=torch.float64))
@@ -201,7 +212,7 @@ _CHECKS = (
         name="reference_copy",
         score="reference_cosine",
         larger_is_worse=True,
-        score_rows=lambda r: Scores(max_cosine(r.image, r.support)),
+        score_rows=lambda r: Scores(*_nearest(r.image, r.support)),
         score_support=lambda s: Scores(s.nearest_cosine),
         words="cosine to the nearest real image {v:.5f} > {t:.5f}",
     ),
@@ -211,7 +222,7 @@ _CHECKS = (
         name="near_duplicate",
         score="batch_cosine",
         larger_is_worse=True,
-        score_rows=lambda r: Scores(max_cosine(r.image, exclude="later")),
+        score_rows=lambda r: Scores(*_nearest(r.image, exclude="later")),
         score_support=lambda s: Scores(s.nearest_cosine),
         words="cosine to an earlier image of the batch {v:.5f} > {t:.5f}",
         conformal_p=False,

@@ -321,7 +321,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.out:
         report.to_json(args.out)
     if args.html:
-        report.to_html(args.html)
+        report.to_html(args.html, batch)
     if args.write_accepted:
         clean = report.apply(batch)
         if clean is None:

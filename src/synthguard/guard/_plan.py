@@ -154,6 +154,20 @@ class GuardPlan:
         return self.reference.sample_calibration(self.check_names)
 
     @cached_property
+    def score_percentiles(self) -> dict[str, tuple[float, ...]]:
+        """Score name -> its 0th, 1st, ..., 100th percentile over the support, leave-one-out
+        (what real samples score), for each enabled check every support pair has a score for
+        (not ``label_mismatch``, which scores only disagreements). Reports draw them."""
+        out: dict[str, tuple[float, ...]] = {}
+        probabilities = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+        for t, name in enumerate(self.calibration.names):
+            check = SAMPLE_CHECKS[name]
+            column = check.sign * self.calibration.badness[:, t]
+            if column.numel() and bool(torch.isfinite(column).all()):
+                out[check.score] = tuple(torch.quantile(column, probabilities).tolist())
+        return out
+
+    @cached_property
     def badness_thresholds(self) -> dict[str, float]:
         """Per check: a sample is flagged when its badness is strictly above this value."""
         return self.calibration.thresholds(self.config.alpha)

@@ -39,6 +39,9 @@ class _Scored:
     confidence: torch.Tensor  # [n] float64
     class_scores: torch.Tensor  # [n, C] float64 (C = 1 without labels)
     predicted_labels: bool  # the frozen model classified the rows (labels and a labeler)
+    # check name -> [n] int64: the batch sample (within-batch checks) or support row the
+    # score was measured against, -1 where none
+    partners: dict[str, torch.Tensor]
 
 
 def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
@@ -67,6 +70,7 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
     for i in range(valid.numel()):
         reasons: list[ReasonCode] = []
         details: list[str] = []
+        partners: dict[str, int] = {}
         if i in rows.errors:
             code, said = rows.errors[i], rows.details.get(i, "could not be embedded")
             reasons.append(code)
@@ -95,6 +99,8 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
             flagged[i] = flagged[i] or not check.within_batch
             reasons.append(check.reason)
             details.append(f"{check.reason}: {words}")
+            if check.name in scored.partners and int(scored.partners[check.name][i]) >= 0:
+                partners[check.name] = int(scored.partners[check.name][i])
         new_caption = None
         if i in rows.caption_relabels and rows.caption_relabels[i].applied:
             new_caption = str(rows.caption_relabels[i].new_value)
@@ -114,6 +120,7 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
                 new_caption=new_caption,
                 new_label=new_label,
                 relabels=tuple(relabels),
+                partners=partners,
                 truncated=bool(rows.truncated[i]) if rows.truncated is not None else False,
             )
         )
@@ -143,10 +150,17 @@ def _score(
     batch = RowsToScore(img, txt, ref.support_image, ref.k, given, prediction, tokens)
     scores: dict[str, torch.Tensor] = {}
     badness: dict[str, torch.Tensor] = {}
+    partners: dict[str, torch.Tensor] = {}
     for check in SAMPLE_CHECKS.values():
         part = check.score_rows(batch)
         value = torch.full((n,), math.nan, dtype=torch.float64)
         value[v_idx] = part.value.double()
+        if part.partner is not None:
+            partner = part.partner
+            if check.within_batch:  # a row of the embeddable rows -> its sample's index
+                partner = torch.where(partner >= 0, v_idx[partner.clamp_min(0)], partner)
+            partners[check.name] = torch.full((n,), -1, dtype=torch.int64)
+            partners[check.name][v_idx] = partner
         fires = None
         if part.fires is not None:
             fires = torch.zeros(n, dtype=torch.bool)
@@ -160,7 +174,9 @@ def _score(
         predicted[v_idx], confidence[v_idx] = prediction.labels, prediction.confidence.double()
         class_scores = torch.full((n, prediction.scores.shape[1]), math.nan, dtype=torch.float64)
         class_scores[v_idx] = prediction.scores.double()
-    return _Scored(scores, badness, predicted, confidence, class_scores, prediction is not None)
+    return _Scored(
+        scores, badness, predicted, confidence, class_scores, prediction is not None, partners
+    )
 
 
 def _label_relabel(i: int, given: int, scored: _Scored, policy: str, words: str) -> Relabel:

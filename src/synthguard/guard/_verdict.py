@@ -113,7 +113,9 @@ def make_report(
             "precision": None if ref.fingerprint is None else ref.fingerprint.precision,
             "pairs": ref.stats.n_pairs,
             "support": ref.n_support,
+            "label_names": None if ref.label_names is None else list(ref.label_names),
         },
+        reference_percentiles=plan.score_percentiles,
     )
 
 

@@ -1,20 +1,55 @@
-"""Self-contained HTML for a :class:`~synthguard.GuardReport`: tables and inline SVG, no CDN.
+"""The ``synthguard check --html`` page of a :class:`~synthguard.GuardReport` (``to_html``).
 
-The report model imports this module, so the page is typed against the small protocols below
-(the attributes it reads) rather than the model itself: no import goes back to ``_model``.
+Summary first (verdict, why, rejects, relabels), then the batch tests, the per-sample scores
+over the reference's, the concept mixes and the sample table (``report/_page.py``,
+``report/_charts.py``, ``report/_templates/check.html.j2``). The report model imports this
+module, so the page reads the report through the protocols below, never ``_model`` itself.
 """
 
 from __future__ import annotations
 
-import html
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from synthguard._reasons import ReasonCode
+from synthguard.batch import PairBatch
+from synthguard.checks import BATCH_TESTS, SAMPLE_CHECKS
+from synthguard.report._charts import (
+    HistogramPanel,
+    concept_chart,
+    histogram_chart,
+    pvalue_chart,
+)
+from synthguard.report._page import REASON_WORDS, SampleLike, label_text, render_page, sample_table
 
 if TYPE_CHECKING:
     from synthguard.concepts import ConceptDrift
 
-__all__ = ["ReportLike", "bars_svg", "histogram_svg", "render_report"]
+__all__ = ["ReportLike", "render_report", "summary"]
+
+#: Axis label of each per-sample score.
+SCORE_AXES = {
+    "alignment": "cosine(image, caption)",
+    "knn_distance": "distance to the k-th nearest real image",
+    "reference_cosine": "cosine to the nearest real image",
+    "batch_cosine": "cosine to the nearest earlier image of the batch",
+    "given_label_probability": "P(given label) by the frozen model",
+    "caption_tokens": "caption tokens",
+}
+VERDICT_WORDS = {
+    "accepted": "ACCEPTED: every batch test passed; the accepted samples can be trained on.",
+    "excess_rejects": (
+        "EXCESS REJECTS: the accepted samples passed every distribution test and are kept, but "
+        "the generator makes far more per-sample rejects than real data."
+    ),
+    "rejected": "REJECTED: do not train on this batch.",
+}
+
+
+#: Kinds of label change the summary lists one by one.
+_RELABEL_LINES = 5
 
 
 class _MetricLike(Protocol):
@@ -40,32 +75,14 @@ class _MetricLike(Protocol):
     def note(self) -> str: ...
 
 
-class _SampleLike(Protocol):
-    """What the page reads of a :class:`~synthguard.SampleDecision`."""
-
-    @property
-    def index(self) -> int: ...
-    @property
-    def id(self) -> int | str: ...
-    @property
-    def accepted(self) -> bool: ...
-    @property
-    def details(self) -> Sequence[str]: ...
-    @property
-    def scores(self) -> Mapping[str, float]: ...
+class _SampleLike(SampleLike, Protocol):
     @property
     def thresholds(self) -> Mapping[str, float]: ...
-    @property
-    def new_caption(self) -> str | None: ...
-    @property
-    def new_label(self) -> int | None: ...
 
 
 class ReportLike(Protocol):
     """What :func:`render_report` reads of a :class:`~synthguard.GuardReport`."""
 
-    @property
-    def accepted(self) -> bool: ...
     @property
     def verdict(self) -> str: ...
     @property
@@ -91,156 +108,172 @@ class ReportLike(Protocol):
     @property
     def seed(self) -> int: ...
     @property
+    def rows_tested(self) -> int: ...
+    @property
+    def reference(self) -> Mapping[str, Any]: ...
+    @property
+    def reference_percentiles(self) -> Mapping[str, Sequence[float]]: ...
+    @property
     def concepts(self) -> Mapping[str, ConceptDrift]: ...
 
 
-_MAX_ROWS = 1000
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:left;font-size:13px}th{background:#f3f3f3}.bad{color:#b00020;font-weight:600}
-.ok{color:#1b7f3b;font-weight:600}.muted{color:#777}
-"""
+def _num(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
-def _fmt(value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.4g}"
-    return html.escape(str(value))
+def _what(name: str) -> str:
+    """What a metric measures, in words."""
+    if name in BATCH_TESTS:
+        return BATCH_TESTS[name].summary
+    if name.startswith("concept:"):
+        return f"the mix of the concept group {name[8:]!r} against the reference's"
+    if name == "label_drift":
+        return "the mix of the given class labels against the reference's"
+    return ""
 
 
-def histogram_svg(
-    values: list[float], *, threshold: float | None = None, bins: int = 30, title: str = ""
-) -> str:
-    """A small SVG histogram of finite ``values`` with an optional threshold line."""
-    data = [v for v in values if math.isfinite(v)]
-    width, height, pad = 420, 160, 24
-    if not data:
-        return f"<p class='muted'>{html.escape(title)}: no finite values</p>"
-    lo, hi = min(data), max(data)
-    if threshold is not None and math.isfinite(threshold):
-        lo, hi = min(lo, threshold), max(hi, threshold)
-    span = (hi - lo) or 1.0
-    counts = [0] * bins
-    for v in data:
-        counts[min(int((v - lo) / span * bins), bins - 1)] += 1
-    top = max(counts)
-    bar_w = (width - 2 * pad) / bins
-    bars = "".join(
-        f"<rect x='{pad + i * bar_w:.1f}' y='{height - pad - c / top * (height - 2 * pad):.1f}' "
-        f"width='{bar_w - 1:.1f}' height='{c / top * (height - 2 * pad):.1f}' fill='#4c78a8'/>"
-        for i, c in enumerate(counts)
-    )
-    line = ""
-    if threshold is not None and math.isfinite(threshold):
-        x = pad + (threshold - lo) / span * (width - 2 * pad)
-        line = (
-            f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{pad / 2}' y2='{height - pad}' "
-            f"stroke='#b00020' stroke-dasharray='4 3'/>"
-            f"<text x='{x + 3:.1f}' y='{pad}' font-size='11' fill='#b00020'>"
-            f"threshold {threshold:.4g}</text>"
-        )
-    axis = (
-        f"<text x='{pad}' y='{height - 6}' font-size='11'>{lo:.3g}</text>"
-        f"<text x='{width - pad}' y='{height - 6}' font-size='11' text-anchor='end'>{hi:.3g}</text>"
-        f"<text x='{width / 2}' y='12' font-size='12' text-anchor='middle'>"
-        f"{html.escape(title)}</text>"
-    )
-    return (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
-        f"role='img' aria-label='{html.escape(title)}'>{bars}{line}{axis}</svg>"
-    )
+def _failed_words(m: _MetricLike, alpha_batch: float) -> str:
+    what = f" ({_what(m.name)})" if _what(m.name) else ""
+    side = "below" if m.direction == "low" else "above"
+    return (f"{m.name}{what} = {_num(m.value)}: fails {side} {_num(m.bound)} (real data's "
+            f"median {_num(m.null_median)}); p = {_num(m.p_value, 3)}, Holm-adjusted "
+            f"{_num(m.adjusted_p_value, 3)} ≤ α_batch {alpha_batch:g}")  # fmt: skip
 
 
-def bars_svg(drift: ConceptDrift) -> str:
-    """Paired bars per concept: reference share (grey) and batch share (blue)."""
-    width, row = 460, 16
-    height = row * len(drift.concepts) + 30
-    top = max(*drift.reference_share, *drift.batch_share) or 1.0
-    parts = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
-        f"aria-label='concept mix {html.escape(drift.group)}'>",
-        f"<text x='4' y='12' font-size='12'>{html.escape(drift.group)}: JS "
-        f"{drift.js_divergence:.3f} bits, p = {drift.p_value:.3g}, largest mover "
-        f"{html.escape(drift.largest_mover)}</text>",
+def summary(report: ReportLike) -> dict[str, Any]:
+    """What a reviewer reads first: the verdict, why in words, the rejects, the relabels."""
+    names = report.reference.get("label_names")
+    failed = [m for m in report.metrics.values() if m.passed is False]
+    notes = [r for r in report.reasons if not r.startswith("failed ")]
+    rejected = report.n_samples - report.n_accepted
+    rejects = [
+        f"{count} × {code}: {_reason_words(code)}"
+        for code, count in report.rejects_by_reason.items()
     ]
-    for i, (name, ref, got) in enumerate(
-        zip(drift.concepts, drift.reference_share, drift.batch_share, strict=True)
-    ):
-        y = 22 + i * row
-        scale = (width - 140) / top
-        parts.append(
-            f"<text x='4' y='{y + 10}' font-size='10'>{html.escape(name[:18])}</text>"
-            f"<rect x='120' y='{y}' width='{ref * scale:.1f}' height='6' fill='#999'/>"
-            f"<rect x='120' y='{y + 6}' width='{got * scale:.1f}' height='6' fill='#4c78a8'/>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+    changes: Counter[str] = Counter()
+    captions = 0
+    for s in report.samples:
+        for r in s.relabels:
+            if r.applied and r.field == "label":
+                changes[f"{label_text(r.old_value, names)} → {label_text(r.new_value, names)}"] += 1
+            captions += r.applied and r.field == "caption"
+    relabels = [f"{n} × label {change}" for change, n in changes.most_common(_RELABEL_LINES)]
+    if len(changes) > _RELABEL_LINES:
+        rest = sum(n for _, n in changes.most_common()[_RELABEL_LINES:])
+        relabels.append(f"{rest} × other label changes (the table lists every one)")
+    if captions:
+        relabels.append(f"{captions} × caption replaced by a re-captioned one")
+    return {
+        "verdict": report.verdict,
+        "headline": VERDICT_WORDS.get(report.verdict, report.verdict),
+        "why": [_failed_words(m, report.alpha_batch) for m in failed] + notes,
+        "counts": (
+            f"{report.n_accepted} of {report.n_samples} samples accepted, {rejected} "
+            f"rejected, {report.n_relabeled} relabeled"
+        ),
+        "rejects": rejects,
+        "relabels": relabels,
+    }
 
 
-def render_report(report: ReportLike) -> str:
-    """The report as one HTML page."""
-    verdict = report.verdict.upper().replace("_", " ")
-    cls = "ok" if report.accepted else "bad"
-    risk = "n/a" if report.risk_score is None else f"{report.risk_score:.3f}"
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>synthguard report</title>",
-        f"<style>{_STYLE}</style></head><body><h1>synthguard report</h1>",
-        f"<p>Batch <span class='{cls}'>{verdict}</span>: {report.n_accepted} of "
-        f"{report.n_samples} samples accepted, {report.n_relabeled} relabeled; risk {risk} "
-        f"(α = {report.alpha:g} per sample, α<sub>batch</sub> = {report.alpha_batch:g}, "
-        f"seed {report.seed}).</p>",
-    ]
-    if report.reasons:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in report.reasons))
-        parts.append("</ul>")
-    parts.append("<h2>Batch metrics</h2><table><tr><th>metric</th><th>value</th><th>bound</th>")
-    parts.append("<th>real median</th><th>p</th><th>Holm p</th><th>result</th></tr>")
-    for m in report.metrics.values():
+def _reason_words(code: str) -> str:
+    try:
+        return REASON_WORDS[ReasonCode(code)]
+    except (ValueError, KeyError):  # a code from a newer report: the code is the words
+        return code
+
+
+def _metric_rows(report: ReportLike) -> list[dict[str, str]]:
+    """Failed tests first, then passed ones, then informational metrics."""
+    rows = []
+    order = {False: 0, True: 1, None: 2}
+    for m in sorted(report.metrics.values(), key=lambda m: order[m.passed]):
+        result = "pass" if m.passed else "FAIL"
         if m.passed is None:
-            result = html.escape(m.note) or "info"
-        else:
-            result = "<span class='ok'>pass</span>" if m.passed else "<span class='bad'>FAIL</span>"
-        side = "" if m.direction is None else ("&lt; " if m.direction == "low" else "&gt; ")
-        parts.append(
-            f"<tr><td>{html.escape(m.name)}</td><td>{_fmt(m.value)}</td>"
-            f"<td>{side if m.bound is not None else ''}{_fmt(m.bound)}</td>"
-            f"<td>{_fmt(m.null_median)}</td><td>{_fmt(m.p_value)}</td>"
-            f"<td>{_fmt(m.adjusted_p_value)}</td>"
-            f"<td>{result}</td></tr>"
+            result = m.note or "informational"
+        side = {"low": "below ", "high": "above "}.get(m.direction or "", "")
+        rows.append({
+            "name": m.name, "what": _what(m.name),
+            "value": _num(m.value), "bound": f"{side}{_num(m.bound)}" if m.bound is not None
+            else "—", "median": _num(m.null_median), "p": _num(m.p_value, 3),
+            "holm": _num(m.adjusted_p_value, 3), "result": result,
+        })  # fmt: skip
+    return rows
+
+
+def _score_panels(report: ReportLike) -> list[HistogramPanel]:
+    thresholds = next((s.thresholds for s in report.samples if s.thresholds), {})
+    panels = []
+    for check in SAMPLE_CHECKS.values():
+        score = check.score
+        if score not in thresholds:
+            continue
+        values = [s.scores.get(score, math.nan) for s in report.samples]
+        finite = [v for v in values if math.isfinite(v)]
+        percentiles = report.reference_percentiles.get(score, ())
+        limit = thresholds[score]
+        # a score the reference has no distribution of and no finite threshold for (the label
+        # check flags every disagreement) says nothing as a histogram: the table has it
+        if not finite or (not percentiles and not math.isfinite(limit)):
+            continue
+        side = "above" if check.larger_is_worse else "below"
+        words = (f"threshold {limit:.4g}: reject {side}" if math.isfinite(limit)
+                 else "no finite threshold: never rejects")  # fmt: skip
+        panels.append(
+            HistogramPanel(
+                title=f"{check.name}: {score}",
+                xlabel=SCORE_AXES.get(score, score),
+                values=finite,
+                label=f"this batch ({len(finite)} samples)",
+                reference_percentiles=percentiles,
+                reference_label="real data (reference, leave-one-out)",
+                thresholds=((limit, words),),
+            )
         )
-    parts.append("</table>")
-    if report.rejects_by_reason:
-        parts.append("<h2>Sample rejects by reason</h2><table>")
-        parts.extend(
-            f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>"
-            for k, v in report.rejects_by_reason.items()
-        )
-        parts.append("</table>")
-    if report.concepts:
-        parts.append("<h2>Concept mix: reference vs batch</h2>")
-        parts.extend(bars_svg(d) for d in report.concepts.values())
-    alignment = [s.scores.get("alignment", math.nan) for s in report.samples]
-    thr = next((s.thresholds.get("alignment") for s in report.samples if s.thresholds), None)
-    parts.append("<h2>Image–caption alignment</h2>")
-    parts.append(histogram_svg(alignment, threshold=thr, title="cosine(image, caption)"))
-    parts.append("<h2>Samples</h2><table><tr><th>#</th><th>id</th><th>accepted</th>")
-    parts.append("<th>reasons</th><th>alignment</th><th>new label</th><th>new caption</th></tr>")
-    for s in report.samples[:_MAX_ROWS]:
-        parts.append(
-            f"<tr><td>{s.index}</td><td>{_fmt(s.id)}</td>"
-            f"<td class='{'ok' if s.accepted else 'bad'}'>{'yes' if s.accepted else 'no'}</td>"
-            f"<td>{html.escape('; '.join(s.details))}</td>"
-            f"<td>{_fmt(s.scores.get('alignment'))}</td><td>{_fmt(s.new_label)}</td>"
-            f"<td>{_fmt(s.new_caption)}</td></tr>"
-        )
-    parts.append("</table>")
-    if report.n_samples > _MAX_ROWS:
-        parts.append(
-            f"<p class='muted'>first {_MAX_ROWS} of {report.n_samples} samples shown; "
-            "the JSON report has all.</p>"
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return panels
+
+
+def render_report(
+    report: ReportLike, batch: PairBatch | None = None, *, max_rows: int = 300
+) -> str:
+    """The report as one self-contained HTML page (``batch`` adds thumbnails and captions)."""
+    charts: dict[str, str] = {}
+    tested = [m for m in report.metrics.values() if m.passed is not None]
+    if tested:
+        charts["tests"] = pvalue_chart(
+            [(m.name, m.adjusted_p_value or math.nan, bool(m.passed)) for m in tested],
+            alpha=report.alpha_batch, name="tests", title="Batch tests: Holm-adjusted p-values",
+        )  # fmt: skip
+    panels = _score_panels(report)
+    if panels:
+        charts["scores"] = histogram_chart(
+            panels, name="scores", share_x=False,
+            title="Per-sample scores: this batch over real data, with the thresholds",
+        )  # fmt: skip
+    concepts = []
+    for i, drift in enumerate(report.concepts.values()):
+        concepts.append(f"concept-{i}")
+        charts[f"concept-{i}"] = concept_chart(drift, name=f"concept-{i}")
+    table = sample_table(
+        report.samples, batch, label_names=report.reference.get("label_names"),
+        max_rows=max_rows,
+    )  # fmt: skip
+    return render_page(
+        "check.html.j2",
+        charts=charts,
+        concepts=concepts,
+        summary=summary(report),
+        metrics=_metric_rows(report),
+        table=table,
+        settings={
+            "α (per-sample false-reject rate)": f"{report.alpha:g}",
+            "α_batch (family-wise level)": f"{report.alpha_batch:g}",
+            "seed": str(report.seed),
+            "rows in the batch tests": str(report.rows_tested),
+            "risk score": _num(report.risk_score, 3),
+            "reference pairs / support": (
+                f"{report.reference.get('pairs')} / {report.reference.get('support')}"
+            ),
+            "encoder digest": str(report.reference.get("encoder_digest") or "—")[:16],
+        },
+    )

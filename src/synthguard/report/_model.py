@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from synthguard._errors import InvalidInputError
 from synthguard._io import atomic_write_text
 from synthguard._reasons import ReasonCode
+from synthguard._validation import check_int
 from synthguard.batch import PairBatch
 from synthguard.concepts import ConceptDrift
 from synthguard.relabel import Relabel
@@ -48,6 +49,10 @@ class SampleDecision(BaseModel):
         new_caption: the replacement caption when it was re-captioned, else ``None``.
         new_label: the label the sample carries on (relabeled or given), ``None`` without one.
         relabels: provenance of every relabel considered (applied or not).
+        partners: for a reject whose score compares the image with one other image, that
+            image: ``near_duplicate`` -> the index of the earlier sample of this batch it is
+            closest to; ``reference_copy`` -> the row of the reference support it is closest
+            to (the reference keeps embeddings, not images or ids).
         truncated: the caption was longer than the text tower's context and was embedded
             truncated (keeping the end-of-text token).
     """
@@ -65,6 +70,7 @@ class SampleDecision(BaseModel):
     new_caption: str | None = None
     new_label: int | None = None
     relabels: tuple[Relabel, ...] = ()
+    partners: dict[str, int] = {}
     truncated: bool = False
 
 
@@ -140,7 +146,11 @@ class GuardReport(BaseModel):
             reference (``True``) or computed for this check (``False``; precompute it with
             ``Reference.build(batch_sizes=...)``); ``None`` when no resampled test ran.
         reference: what the batch was compared with (encoder digest, precision, pairs,
-            support); ``Guard.check`` embeds at this precision.
+            support, class names); ``Guard.check`` embeds at this precision.
+        reference_percentiles: per sample-check score (``alignment``, ``knn_distance``, ...),
+            its 0th, 1st, ..., 100th percentile over the reference support, leave-one-out: what
+            real samples score, the distribution the thresholds were calibrated on (the HTML
+            report draws the batch's scores over it).
         concepts: per concept-bank group, the batch's concept mix against the reference's
             (:class:`~synthguard.ConceptDrift`), when the guard has concept banks.
         concepts_by_class: per group and class name, the attribute mix *within* the class
@@ -171,6 +181,7 @@ class GuardReport(BaseModel):
     rows_tested: int
     null_cached: bool | None = None
     reference: dict[str, Any]
+    reference_percentiles: dict[str, tuple[Score, ...]] = {}
     concepts: dict[str, ConceptDrift] = {}
     concepts_by_class: dict[str, dict[str, ConceptDrift]] = {}
     world_size: int = 1
@@ -202,18 +213,7 @@ class GuardReport(BaseModel):
         Raises:
             InvalidInputError: ``batch`` is not the batch this report is about.
         """
-        if not isinstance(batch, PairBatch) or len(batch) != self.n_samples:
-            size = len(batch) if isinstance(batch, PairBatch) else "?"
-            raise InvalidInputError(
-                f"batch must be the PairBatch of {self.n_samples} samples this report checked; "
-                f"got {type(batch).__name__} of length {size}"
-            )
-        for sample, id_ in zip(self.samples, batch.ids, strict=True):
-            if sample.id != report_id(id_):
-                raise InvalidInputError(
-                    f"batch must be the batch this report checked; sample {sample.index} has id "
-                    f"{report_id(id_)!r}, the report has {sample.id!r}"
-                )
+        self._check_batch(batch)
         keep = [s for s in self.samples if s.accepted]
         if self.verdict == "rejected" or not keep:
             return None
@@ -226,6 +226,20 @@ class GuardReport(BaseModel):
             labels=None if batch.labels is None else [s.new_label for s in keep],
             ids=[batch.ids[s.index] for s in keep],
         )
+
+    def _check_batch(self, batch: object) -> None:
+        if not isinstance(batch, PairBatch) or len(batch) != self.n_samples:
+            size = len(batch) if isinstance(batch, PairBatch) else "?"
+            raise InvalidInputError(
+                f"batch must be the PairBatch of {self.n_samples} samples this report checked; "
+                f"got {type(batch).__name__} of length {size}"
+            )
+        for sample, id_ in zip(self.samples, batch.ids, strict=True):
+            if sample.id != report_id(id_):
+                raise InvalidInputError(
+                    f"batch must be the batch this report checked; sample {sample.index} has id "
+                    f"{report_id(id_)!r}, the report has {sample.id!r}"
+                )
 
     def summary(self) -> str:
         """A few lines for logs: verdict, counts, reasons, every tested metric."""
@@ -315,11 +329,36 @@ class GuardReport(BaseModel):
             rows.append(row)
         return pd.DataFrame(rows).set_index("index") if rows else pd.DataFrame()
 
-    def to_html(self, path: str | Path) -> Path:
-        """Write a self-contained HTML report (tables and inline SVG charts) atomically."""
+    def to_html(
+        self, path: str | Path, batch: PairBatch | None = None, *, max_rows: int = 300
+    ) -> Path:
+        """Write the report as one self-contained HTML page, atomically.
+
+        The page opens with the verdict and why, the rejects and relabels; then the batch
+        tests, each per-sample score of the batch over the reference's, the concept mixes and
+        a sample table (rejected first, filter by reason, search by caption). Charts, styles
+        and thumbnails are inline: the file needs no network.
+
+        Args:
+            path: the file to write.
+            batch: the :class:`~synthguard.PairBatch` this report checked: adds each sample's
+                thumbnail, caption and given label to the table.
+            max_rows: samples shown in the table (rejected first); the page says how many
+                were left out (``to_json`` has them all), so a large batch stays a small page.
+
+        Raises:
+            InvalidInputError: ``batch`` is not the checked batch, or ``max_rows`` < 1.
+
+        Example:
+            ``report.to_html("report.html", batch)``; ``synthguard check --html`` does this.
+        """
+        max_rows = check_int("max_rows", max_rows, minimum=1)
+        if batch is not None:
+            self._check_batch(batch)
         target = Path(path)
         # ids and details may hold non-UTF-8 names (lone surrogates): shown escaped, not raised
-        atomic_write_text(target, render_report(self), errors="backslashreplace")
+        page = render_report(self, batch, max_rows=max_rows)
+        atomic_write_text(target, page, errors="backslashreplace")
         return target
 
 

@@ -52,8 +52,7 @@ class Generation:
     labels: np.ndarray  # [n] int, the labels the captions state
     captions: list[str]
     reports: list[GuardReport] = field(default_factory=list)
-    rejected: dict[str, list[np.ndarray]] = field(default_factory=dict)  # reason -> pixels
-    accepted: list[np.ndarray] = field(default_factory=list)  # pixels the guard let through
+    batches: list[PairBatch] = field(default_factory=list)  # what each report checked
 
 
 def fit_classifier(pixels: np.ndarray, labels: np.ndarray, seed: int) -> LogisticRegression:
@@ -124,15 +123,7 @@ def run_generation(
         )  # fmt: skip
         report = guard.check(batch)
         synthetic.reports.append(report)
-        for sample in report.samples:
-            i = rows[sample.index]
-            if not sample.accepted:
-                key = str(sample.reasons[0]) if sample.reasons else "batch"
-                synthetic.rejected.setdefault(key, []).append(pixels[i])
-            elif report.verdict == "rejected":  # "excess_rejects" keeps its accepted samples
-                synthetic.rejected.setdefault("batch rejected", []).append(pixels[i])
-            else:
-                synthetic.accepted.append(pixels[i])
+        synthetic.batches.append(batch)
         clean = report.apply(batch)
         if clean is not None:
             for j, id_ in enumerate(clean.ids):

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synthguard.batch import PairBatch
 from synthguard.cli._demo._loop import ARMS
+from synthguard.report import GuardReport
 
 __all__ = ["DemoResult", "format_table", "summary_lines"]
 
@@ -23,8 +25,9 @@ class DemoResult:
     first_warning: dict[str, int | None]  # arm -> first generation with a collapse warning
     out: Path
     seconds: float
-    examples: dict[str, list[Any]] = field(default_factory=dict)  # (pixels, reason) pairs
     alignments: dict[str, list[float]] = field(default_factory=dict)  # arm -> last generation
+    # the guarded arm's checks: (generation, report, the batch it checked)
+    checks: list[tuple[int, GuardReport, PairBatch]] = field(default_factory=list)
 
 
 def format_table(result: DemoResult) -> str:

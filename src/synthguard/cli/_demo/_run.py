@@ -81,7 +81,7 @@ def run_demo(
     real = Generation(train.pixels, np.asarray(train.labels), list(train.captions))
     rows: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
     monitors = {}
-    examples: dict[str, list[Any]] = {"accepted": [], "rejected": []}
+    checks: list[tuple[int, Any, Any]] = []
     alignments: dict[str, list[float]] = {}
     bar = tqdm(total=len(ARMS) * generations, desc="generations", disable=not progress)
     for arm in ARMS:
@@ -93,7 +93,11 @@ def run_demo(
             if generation:
                 synthetic, prev = run_generation(arm, prev, real, history, guard, cfg, generation)
                 history.append(synthetic)
-                _collect(examples, synthetic, arm)
+                if arm == "guarded":
+                    checks.extend(
+                        (generation, r, b)
+                        for r, b in zip(synthetic.reports, synthetic.batches, strict=True)
+                    )
             image, text = embed(prev)
             metrics = generation_metrics(reference, image, text)
             model = fit_classifier(prev.pixels, prev.labels, cfg.seed)
@@ -112,16 +116,7 @@ def run_demo(
     real_image, real_text = embed(real)
     alignments["real"] = (real_image * real_text).sum(dim=1).tolist()
     first = {arm: next((r["generation"] for r in rows[arm] if r["warnings"]), None) for arm in ARMS}
-    result = DemoResult(rows, first, out, time.perf_counter() - start, examples, alignments)
+    result = DemoResult(rows, first, out, time.perf_counter() - start, alignments, checks)
     write_report(result, out / "report.html")
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _collect(examples: dict[str, list[Any]], synthetic: Generation, arm: str) -> None:
-    """Keep a few accepted and rejected images of the guarded arm for the report's grid."""
-    if arm != "guarded" or len(examples["accepted"]) >= 40:
-        return
-    examples["accepted"].extend((p, "accepted") for p in synthetic.accepted[:5])
-    for reason, pixels in synthetic.rejected.items():
-        examples["rejected"].extend((p, reason) for p in pixels[:2])
