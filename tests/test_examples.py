@@ -58,3 +58,19 @@ def test_hf_dataset_gate_keeps_only_accepted_chunks_samples(capsys: Any) -> None
     accepted = [int(line.split(", ")[-1].split()[0]) for line in lines if "REJECTED" not in line]
     kept = int(out.split("kept for training: ")[1].split()[0])
     assert kept == sum(accepted) and int(lines[1].split(", ")[-1].split()[0]) <= 30
+
+
+def test_stream_shards_guards_each_chunk_with_the_config_file(tmp_path: Path, capsys: Any) -> None:
+    """Three gzipped shards through a brace pattern, one bounded chunk at a time, settings from
+    guard.yaml: the real chunk passes, the miscaptioned one has excess rejects, the collapsed
+    one is rejected, and every pair written is read back."""
+    module = _load("stream_shards")
+    assert module.main(["--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("chunk 0: accepted")
+    assert lines[1].startswith("chunk 1: excess_rejects") and "flag_rate" in lines[1]
+    assert lines[2].startswith("chunk 2: rejected")
+    assert lines[3].startswith("kept for training:") and lines[3].split()[5] == "120"
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "000.tar.gz", "001.tar.gz", "002.tar.gz"
+    ]  # fmt: skip
