@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import synthguard as sg
-from synthguard.datasets import DIGIT_NAMES
+from synthguard.datasets import DIGIT_NAMES, load_digits
 
 TEMPLATE = "a handwritten digit {name}"
 
@@ -20,3 +21,17 @@ def digits_reference(digits: Any, encoder: Any, n: int = 270) -> sg.Reference:
 
 #: A caption a page must show as text: markup, a script and mathtext-looking dollars.
 HOSTILE_CAPTION = "<script>alert('x')</script> a digit $5$ & <b>bold</b>"
+
+
+def png_pairs(count: int = 12) -> sg.PairBatch:
+    """The first ``count`` held-out digits as PNG bytes with captions, labels and ids (what a
+    source reads back)."""
+    test = load_digits("test")
+    images = []
+    for image in test.images[:count]:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return sg.PairBatch(
+        images, test.captions[:count], labels=test.labels[:count], ids=test.ids[:count]
+    )

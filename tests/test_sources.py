@@ -12,19 +12,13 @@ from typing import Any
 import pytest
 
 import synthguard as sg
-from synthguard.datasets import load_digits
+from _digits import png_pairs
 from synthguard.sources import detect_kind, read_pairs, write_pairs
 
 
 @pytest.fixture(scope="module")
 def pairs() -> sg.PairBatch:
-    test = load_digits("test")
-    images = []
-    for image in test.images[:12]:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        images.append(buffer.getvalue())
-    return sg.PairBatch(images, test.captions[:12], labels=test.labels[:12], ids=test.ids[:12])
+    return png_pairs(12)
 
 
 def _same(a: sg.PairBatch, b: sg.PairBatch) -> None:

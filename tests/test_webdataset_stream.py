@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import synthguard as sg
+from _digits import png_pairs
 from synthguard.cli import main
 from synthguard.datasets import load_digits
 from synthguard.sources import detect_kind, expand_braces, iter_pairs, read_pairs, write_pairs
@@ -26,13 +27,7 @@ from synthguard.sources import detect_kind, expand_braces, iter_pairs, read_pair
 
 @pytest.fixture(scope="module")
 def pairs() -> sg.PairBatch:
-    test = load_digits("test")
-    images = []
-    for image in test.images[:12]:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        images.append(buffer.getvalue())
-    return sg.PairBatch(images, test.captions[:12], labels=test.labels[:12], ids=test.ids[:12])
+    return png_pairs(12)
 
 
 def _shard(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
