@@ -167,6 +167,12 @@ class GuardConfig(BaseModel):
         weights = [self.test_weight(n) for n in names]
         return sum(weights) / min(weights) if weights else 0.0
 
+    def resamples_needed(self, names: Sequence[str]) -> int:
+        """The fewest ``n_resamples`` whose resampling p-value reaches the smallest Holm level
+        of the family ``names``: ``(R + 1) · alpha_batch / holm_span >= 1``."""
+        span = self.holm_span(names)
+        return max(0, math.ceil(span / self.alpha_batch - 1e-9) - 1) if span else 0
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str | None) -> str | None:
@@ -185,11 +191,11 @@ class GuardConfig(BaseModel):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} must not repeat entries; got {list(values)}")
-        span = self.holm_span(self.batch_tests)
         # Left at its default, n_resamples is raised to what the family needs (GuardPlan).
         explicit = "n_resamples" in self.model_fields_set
-        if explicit and span and (self.n_resamples + 1) * self.alpha_batch / span < 1.0 - 1e-9:
-            needed = math.ceil(span / self.alpha_batch - 1e-9) - 1
+        needed = self.resamples_needed(self.batch_tests)
+        if explicit and self.n_resamples < needed:
+            span = self.holm_span(self.batch_tests)
             raise ValueError(
                 f"n_resamples must be >= {needed} so the smallest Holm level alpha_batch/"
                 f"{span:g} = {self.alpha_batch / span:.2g} is reachable by a resampling "

@@ -10,7 +10,6 @@ distributed path and the Ray pool use the same plan as ``Guard.check``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -100,14 +99,15 @@ class GuardPlan:
         # a default n_resamples adapts to the family, one the user set is checked.
         spec = null_spec(reference, config, groups, class_bank=False)
         checks = tuple(SAMPLE_CHECKS[c] for c in spec.checks)
-        span = config.holm_span(spec.family)
         if spec.resamples != config.n_resamples:
             config = config.model_copy(update={"n_resamples": spec.resamples})
-        if span and (config.n_resamples + 1) * config.alpha_batch / span < 1 - 1e-9:
+        needed = config.resamples_needed(spec.family)
+        if config.n_resamples < needed:
             raise InvalidInputError(
-                f"n_resamples must be >= {math.ceil(span / config.alpha_batch - 1e-9) - 1} for "
+                f"n_resamples must be >= {needed} for "
                 f"{len(spec.family)} batch tests (concept groups and the class mix included; "
-                f"Holm span {span:g}) at alpha_batch {config.alpha_batch}; got "
+                f"Holm span {config.holm_span(spec.family):g}) at alpha_batch "
+                f"{config.alpha_batch}; got "
                 f"{config.n_resamples}"
             )
         return cls(config=config, reference=reference, checks=checks, concept_banks=banks)

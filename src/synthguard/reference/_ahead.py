@@ -9,7 +9,6 @@ guard looks up; :class:`~synthguard.guard.GuardPlan` builds on the same function
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +100,7 @@ def null_spec(
         *((f"concept:{PREDICTED_CLASS}",) if class_bank else ()),
         *(("label_drift",) if label_mix else ()),
     )  # fmt: skip
-    needed = math.ceil(config.holm_span(family) / config.alpha_batch - 1e-9) - 1
+    needed = config.resamples_needed(family)
     resamples = config.n_resamples
     if resamples < needed and "n_resamples" not in config.model_fields_set:
         resamples = needed  # the default adapts to the family; a value the user set is checked
