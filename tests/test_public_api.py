@@ -139,6 +139,7 @@ CHECKS = {
     "RESAMPLED_TESTS",
     "SAMPLE_CHECKS",
     "BatchContext",
+    "BatchSplit",
     "BatchTest",
     "BatchTestName",
     "Direction",
@@ -155,6 +156,7 @@ CHECKS = {
     "batch_null_exact",
     "batch_values",
     "bound_at",
+    "candidates_needed",
     "comparison",
     "duplicate_count_bound",
     "duplicate_count_p",
@@ -167,6 +169,8 @@ CHECKS = {
     "holm",
     "kth_distance",
     "max_cosine",
+    "split_batch",
+    "world_held_out",
 }
 
 PACKAGES = {

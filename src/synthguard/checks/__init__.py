@@ -58,6 +58,12 @@ from synthguard.checks._sample import (
     Scores,
     SupportToScore,
 )
+from synthguard.checks._split import (
+    BatchSplit,
+    candidates_needed,
+    split_batch,
+    world_held_out,
+)
 
 __all__ = [
     "BATCH_TESTS",
@@ -68,6 +74,7 @@ __all__ = [
     "RESAMPLED_TESTS",
     "SAMPLE_CHECKS",
     "BatchContext",
+    "BatchSplit",
     "BatchTest",
     "BatchTestName",
     "Direction",
@@ -84,6 +91,7 @@ __all__ = [
     "batch_null_exact",
     "batch_values",
     "bound_at",
+    "candidates_needed",
     "comparison",
     "duplicate_count_bound",
     "duplicate_count_p",
@@ -96,4 +104,6 @@ __all__ = [
     "holm",
     "kth_distance",
     "max_cosine",
+    "split_batch",
+    "world_held_out",
 ]

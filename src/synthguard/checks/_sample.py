@@ -132,6 +132,9 @@ class SampleCheck:
             ``duplicate_rate`` test judges them).
         label_policy: a flag is a label disagreement the guard's ``label_policy`` resolves
             (relabel, keep or reject) instead of a reject.
+        copy_score: the score is a largest cosine to another image (a copy check): the rows
+            the distribution tests use are judged by it again among the rows a resample of the
+            null meets (:func:`~synthguard.checks.split_batch`).
     """
 
     name: SampleCheckName
@@ -145,6 +148,7 @@ class SampleCheck:
     conformal_p: bool = True
     label_policy: bool = False
     within_batch: bool = False
+    copy_score: bool = False
 
     @property
     def reason(self) -> ReasonCode:
@@ -215,6 +219,7 @@ _CHECKS = (
         score_rows=lambda r: Scores(*_nearest(r.image, r.support)),
         score_support=lambda s: Scores(s.nearest_cosine),
         words="cosine to the nearest real image {v:.5f} > {t:.5f}",
+        copy_score=True,
     ),
     # A support row's nearest *other* support row stands in for an earlier row of the same
     # batch: real data has near neighbours, and only closer ones than real data has are flagged.
@@ -227,6 +232,7 @@ _CHECKS = (
         words="cosine to an earlier image of the batch {v:.5f} > {t:.5f}",
         conformal_p=False,
         within_batch=True,
+        copy_score=True,
     ),
     SampleCheck(
         name="label_mismatch",

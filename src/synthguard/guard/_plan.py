@@ -10,6 +10,7 @@ distributed path and the Ray pool use the same plan as ``Guard.check``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -171,6 +172,15 @@ class GuardPlan:
     def badness_thresholds(self) -> dict[str, float]:
         """Per check: a sample is flagged when its badness is strictly above this value."""
         return self.calibration.thresholds(self.config.alpha)
+
+    @cached_property
+    def copy_cosine(self) -> float:
+        """The cosine above which a rejecting copy check flags a row (``inf``: none runs)."""
+        return min(
+            (self.threshold(c.name) for c in self.checks
+             if c.copy_score and c.name in self.rejecting),
+            default=math.inf,
+        )  # fmt: skip
 
     def threshold(self, name: str) -> float:
         """Check ``name``'s calibrated threshold in its score's units."""

@@ -27,6 +27,9 @@ class SampleOutcome:
     # the flag-rate test counts; within-batch checks reject but are not counted)
     flagged: torch.Tensor
     n_relabeled: int
+    # [n] bool: embeddable and rejected by no check but the copy checks (the rows the
+    # distribution tests may use once judged again for copies: synthguard.checks.split_batch)
+    eligible: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
     natural = {c.score: c.natural(limits[c.name]) for c in active}
     decisions: list[SampleDecision] = []
     flagged = ~valid
+    eligible = valid.clone()
+    copy_codes = {c.reason for c in active if c.copy_score}
     n_relabeled = 0
     for i in range(valid.numel()):
         reasons: list[ReasonCode] = []
@@ -101,6 +106,7 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
             details.append(f"{check.reason}: {words}")
             if check.name in scored.partners and int(scored.partners[check.name][i]) >= 0:
                 partners[check.name] = int(scored.partners[check.name][i])
+        eligible[i] = eligible[i] and all(code in copy_codes for code in reasons)
         new_caption = None
         if i in rows.caption_relabels and rows.caption_relabels[i].applied:
             new_caption = str(rows.caption_relabels[i].new_value)
@@ -124,7 +130,9 @@ def decide_samples(plan: GuardPlan, rows: EmbeddedRows) -> SampleOutcome:
                 truncated=bool(rows.truncated[i]) if rows.truncated is not None else False,
             )
         )
-    return SampleOutcome(decisions=tuple(decisions), flagged=flagged, n_relabeled=n_relabeled)
+    return SampleOutcome(
+        decisions=tuple(decisions), flagged=flagged, n_relabeled=n_relabeled, eligible=eligible
+    )
 
 
 def _runs(

@@ -13,8 +13,10 @@ only with concept banks):
 1. ``all_gather`` of the per-rank row counts;
 2. ``all_gather`` of 8 int64 of metadata per row (id hash, flags, labels, a 4-number content
    signature): ``64·N`` bytes for ``N`` rows on all ranks;
-3. ``all_reduce`` of the picked rows, each rank filling the rows it owns (exact: the others
-   add zeros): at most ``(2·max_batch_rows_accepted + max_batch_rows_dup) · d`` float64;
+3. ``all_reduce`` of the candidate rows of the distribution tests and the duplicate test's
+   rows, each rank filling the rows it owns (exact: the others add zeros): ``(2d + 1)`` float64
+   per candidate (at most ``synthguard.checks.candidates_needed`` of them) and ``d`` per
+   duplicate row;
 4. ``all_reduce`` of the concept count tables (only with concept banks).
 
 Plus a one-integer ``all_reduce`` of the verdict (any rank's reject rejects for all). Rows
@@ -34,7 +36,8 @@ import numpy as np
 import torch
 
 from synthguard._errors import InvalidInputError, SynthGuardError
-from synthguard.guard._plan import GuardPlan
+from synthguard.checks import candidates_needed, split_batch
+from synthguard.guard._plan import GRID, GuardPlan
 from synthguard.guard._rows import EmbeddedRows
 from synthguard.guard._samples import SampleOutcome
 from synthguard.stats._collective import collective_device
@@ -42,7 +45,7 @@ from synthguard.stats._hashing import hash_ids
 
 __all__ = ["BatchSummary", "DistributedShard", "LocalShard", "summarise"]
 
-_VALID, _ACCEPTED, _FLAGGED, _LABELLED, _DEFAULT_IDS = 1, 2, 4, 8, 16
+_VALID, _ACCEPTED, _FLAGGED, _LABELLED, _DEFAULT_IDS, _ELIGIBLE = 1, 2, 4, 8, 16, 32
 _SIGNATURE = 4  # random projections of (image, text) that tell two contents apart
 _META = 4 + _SIGNATURE  # id hash, flags, label, carried label, signature bits
 #: Two rows with one id are the same sample when their signatures agree this well (unit rows:
@@ -58,7 +61,7 @@ class BatchSummary:
     n_valid: int
     n_accepted: int
     n_flagged: int
-    image: torch.Tensor  # [rows, d] accepted rows the distribution tests use (0 rows: skipped)
+    image: torch.Tensor  # [rows, d] rows the distribution tests use (0 rows: skipped)
     text: torch.Tensor
     caption_tokens: torch.Tensor | None  # [rows] their caption tokens (None: not known)
     duplicate_image: torch.Tensor  # [dup_rows, d] embeddable rows (0 rows: skipped)
@@ -67,6 +70,9 @@ class BatchSummary:
     concept_by_class: dict[str, torch.Tensor] = field(default_factory=dict)  # carried labels
     world_size: int = 1
     n_repeats: int = 0  # rows not counted: their id appeared on an earlier rank
+    # [rows] accepted support rows the tests' comparison leaves out (None: drawn by the
+    # verdict with synthguard.checks.held_out, as for a pool)
+    held_out: torch.Tensor | None = None
 
 
 class LocalShard:
@@ -197,6 +203,7 @@ def summarise(
     meta[:, 1] = (
         valid.long() * _VALID + accepted.long() * _ACCEPTED + outcome.flagged.long() * _FLAGGED
         + (labels is not None) * _LABELLED + rows.default_ids * _DEFAULT_IDS
+        + outcome.eligible.long() * _ELIGIBLE
     )  # fmt: skip
     meta[:, 2] = torch.tensor(list(labels) if labels is not None else [-1] * n)
     meta[:, 3] = torch.tensor([-1 if c is None else c for c in carried], dtype=torch.int64)
@@ -224,22 +231,38 @@ def summarise(
 
     n_rows = plan.rows_for(accepted_idx.numel())
     dup_rows = plan.duplicate_rows_for(valid_idx.numel())
-    picked = dup_pick = torch.zeros(0, dtype=torch.int64)
+    candidates = dup_pick = torch.zeros(0, dtype=torch.int64)
+    context = plan.context() if n_rows >= min_rows else None
     if dup_rows >= min_rows:  # the same draws, in the same order, as one process would make
         gen = torch.Generator().manual_seed(seed)
         dup_pick = valid_idx[torch.randperm(valid_idx.numel(), generator=gen)[:dup_rows]]
         dup_pick = dup_pick.sort()[0]
-        if n_rows >= min_rows:
-            picked = accepted_idx[torch.randperm(accepted_idx.numel(), generator=gen)[:n_rows]]
-            picked = picked.sort()[0]
+        if context is not None:
+            order = valid_idx[torch.randperm(valid_idx.numel(), generator=gen)]
+            candidates = order[: candidates_needed(context, n_rows)]
     # Caption tokens travel as one more column (NaN where unknown, on any rank).
     tokens = rows.caption_tokens if rows.caption_tokens is not None else torch.full((n,), math.nan)
-    pairs, duplicates = _fetch(
+    fetched, duplicates = _fetch(
         shard,
-        [(torch.cat([image, text, tokens.double()[:, None]], dim=1), picked), (image, dup_pick)],
+        [
+            (torch.cat([image, text, tokens.double()[:, None]], dim=1), candidates),
+            (image, dup_pick),
+        ],
         offset,
     )
     d = image.shape[1]
+    pairs, held = fetched[:0], None
+    if context is not None:
+        split = split_batch(
+            context,
+            fetched[:, :d].double(),
+            (everyone[candidates, 1] & _ELIGIBLE).bool(),
+            [g for g in reversed(GRID) if min_rows <= g <= n_rows],
+            seed,
+            plan.copy_cosine,
+        )
+        tested = split.tested[candidates[split.tested].argsort()]  # in batch order
+        pairs, held = fetched[tested], split.held_out
     picked_tokens = pairs[:, 2 * d]
 
     label_counts = None
@@ -270,6 +293,7 @@ def summarise(
         },
         world_size=shard.world_size,
         n_repeats=int((~counted).sum()),
+        held_out=held,
     )
 
 

@@ -147,7 +147,12 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
     dup_rows = summary.duplicate_image.shape[0]
     out = _TestOutcome()
     distribution = rows >= cfg.min_batch_size
-    if not distribution:
+    if not distribution and plan.rows_for(summary.n_accepted) >= cfg.min_batch_size:
+        out.notes.append(
+            f"distribution tests skipped: fewer than min_batch_size {cfg.min_batch_size} "
+            "rows pass the copy checks among the rows a resample of the null meets"
+        )
+    elif not distribution:
         out.notes.append(
             f"distribution tests skipped: {plan.rows_for(summary.n_accepted)} accepted rows < "
             f"min_batch_size {cfg.min_batch_size} (or half the reference support)"
@@ -157,7 +162,9 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
     # resample of the null makes (the split design of synthguard.checks).
     resampled = TestInputs(metrics={})
     if distribution:
-        kept_out = held_out(context, rows, cfg.seed, summary.image)
+        kept_out = summary.held_out
+        if kept_out is None:  # a pool's rows: a uniform subsample of its accepted rows
+            kept_out = held_out(context, rows, cfg.seed, summary.image)
         resampled = batch_inputs(
             context, summary.image, summary.text, summary.caption_tokens, kept_out
         )
