@@ -5,9 +5,10 @@ pool in blocks): :func:`decide_block` adds decision columns to a block of embedd
 :func:`block_state` turns a decided block into a :class:`PoolState` whose :meth:`~PoolState.merge`
 is exact and order-free (sums, counts, bottom-k samples keyed by id or content); and
 :func:`pool_report` reaches the guard's batch verdict on the merged state. The distribution and
-duplicate tests run on the bottom-k samples (the rows with the smallest keys: a uniform
-subsample, independent of how the pool was cut into blocks). Per-sample ``near_duplicate``
-compares a sample with the earlier samples of its block only.
+duplicate tests run on the embeddable rows' bottom-k sample (the rows with the smallest keys: a
+uniform subsample, independent of how the pool was cut into blocks); the distribution tests'
+rows are chosen from it as a checked batch's are (:func:`~synthguard.checks.split_batch`).
+Per-sample ``near_duplicate`` compares a sample with the earlier samples of its block only.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from synthguard._errors import IncompatibleStatsError, InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._validation import unit_rows_or_nan
 from synthguard.batch import PairBatch
-from synthguard.checks import SAMPLE_CHECKS
+from synthguard.checks import SAMPLE_CHECKS, candidates_needed, split_batch
 from synthguard.config import GuardConfig
 from synthguard.guard._decide import decide
-from synthguard.guard._plan import GuardPlan
+from synthguard.guard._plan import GRID, GuardPlan
 from synthguard.guard._rows import EmbeddedRows, mark_unembedded
+from synthguard.guard._samples import decide_samples
 from synthguard.guard._summary import BatchSummary
 from synthguard.guard._verdict import make_report
 from synthguard.reference import Reference
@@ -146,7 +148,11 @@ class PoolSpec:
         names = plan.reference.label_names
         return cls(
             dim=plan.reference.stats.dim,
-            sample_size=plan.config.max_batch_rows,
+            # the candidates of the distribution tests' largest size (checks.split_batch)
+            sample_size=max(
+                plan.config.max_batch_rows,
+                candidates_needed(plan.context(), plan.rows_for(plan.reference.n_support)),
+            ),
             seed=plan.config.seed,
             num_labels=None if names is None else len(names),
             concept_sizes={g: len(b.groups[g]) + 1 for b in plan.concept_banks for g in b.groups},
@@ -215,7 +221,7 @@ def block_state(
     if label_column is not None and spec.num_labels is not None:
         labels = torch.tensor([int(v) for v in _column(decided, label_column)])[emb]
     state.embedded.update(
-        image[emb], labels=labels, ids=None if ids is None else [ids[i] for i in emb]
+        image[emb], text[emb], labels=labels, ids=None if ids is None else [ids[i] for i in emb]
     )
     carried = torch.as_tensor(np.asarray(decided["sg_new_label"], dtype=np.int64))[acc]
     for group, size in spec.concept_sizes.items():
@@ -259,11 +265,11 @@ def pool_report(plan: GuardPlan, state: PoolState) -> GuardReport:
     rows, dup_rows = plan.rows_for(n_accepted), plan.duplicate_rows_for(n_valid)
     dim = state.accepted.dim
     image = text = duplicates = torch.zeros(0, dim, dtype=torch.float64)
+    held = None
     if dup_rows >= cfg.min_batch_size:  # bottom-k prefixes: uniform subsamples of the pool
         duplicates = state.embedded.sample("image")[:dup_rows]
         if rows >= cfg.min_batch_size:
-            image = state.accepted.sample("image")[:rows]
-            text = state.accepted.sample("text")[:rows]
+            image, text, held = _tested_rows(plan, state, rows)
     tables = state.accepted.count_tables
     labels = state.embedded.label_counts if state.embedded.num_labels else None  # 0: no column
     summary = BatchSummary(
@@ -286,6 +292,7 @@ def pool_report(plan: GuardPlan, state: PoolState) -> GuardReport:
             for k in tables
             if k.endswith("/by_class") and bool(state.accepted.counts(k).any())
         },
+        held_out=held,
     )
     reasons = state.embedded.counts("pool/reasons")
     return make_report(
@@ -293,6 +300,27 @@ def pool_report(plan: GuardPlan, state: PoolState) -> GuardReport:
         rejects_by_reason={str(c): int(v) for c, v in zip(_CODES, reasons.tolist(), strict=True)
                            if v},
     )  # fmt: skip
+
+
+def _tested_rows(
+    plan: GuardPlan, state: PoolState, rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distribution tests' image and text rows and the support rows their comparison
+    leaves out: the embeddable rows' bottom-k sample (a uniform one, in random order) are the
+    candidates of :func:`~synthguard.checks.split_batch`, passed by every check but the copy
+    checks as the blocks' decisions would (those checks look at each row alone)."""
+    image, text = state.embedded.sample("image"), state.embedded.sample("text")
+    labels = None
+    if state.embedded.num_labels is not None and image.shape[0]:
+        given = state.embedded.sample_labels("image")
+        labels = given.tolist() if bool((given >= 0).all()) else None
+    outcome = decide_samples(plan, EmbeddedRows(image, text, list(range(image.shape[0])), labels))
+    min_rows = plan.config.min_batch_size
+    split = split_batch(
+        plan.context(), image, outcome.eligible,
+        [g for g in reversed(GRID) if min_rows <= g <= rows], plan.config.seed, plan.copy_cosine,
+    )  # fmt: skip
+    return image[split.tested], text[split.tested], split.held_out
 
 
 def _matrix(values: Any, dim: int) -> torch.Tensor:
