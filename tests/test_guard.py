@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import synthguard as sg
-from synthguard.guard._plan import GRID
 from _digits import TEMPLATE, digits_reference
 from _holm import closed_weighted_bonferroni
 from synthguard.datasets import DIGIT_NAMES, load_digits
+from synthguard.guard._plan import GRID
 from synthguard.relabel import Recaptioner
 
 N_REF = 300  # reference: test[:300]; checked batches come from test[300:]
