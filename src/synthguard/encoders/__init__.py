@@ -14,7 +14,8 @@ from synthguard.encoders._base import (
     embed_pairs,
 )
 from synthguard.encoders._cache import CacheWarning, EmbeddingCache
-from synthguard.encoders._engine import BatchedEncoder, CaptionTruncatedWarning
+from synthguard.encoders._calls import CaptionTruncatedWarning
+from synthguard.encoders._engine import BatchedEncoder
 from synthguard.encoders._factory import (
     BUNDLED_MODELS,
     bundled_model_path,

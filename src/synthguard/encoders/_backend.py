@@ -1,7 +1,8 @@
 """``ModelBackend``: what differs between model families (open_clip, transformers, ...).
 
-The engine (``_engine.py``) owns batching, devices, precision, workers, caching and errors; a
-backend only knows how to preprocess one image, tokenise captions and run the two towers.
+The engine (``_engine.py``, with ``_pipeline.py`` and ``_runner.py``) owns batching, devices,
+precision, workers, caching and errors; a backend only knows how to preprocess one image,
+tokenise captions and run the two towers.
 """
 
 from __future__ import annotations

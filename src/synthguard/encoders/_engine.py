@@ -7,54 +7,44 @@ copied from pinned memory without blocking, run under bf16/fp16 autocast, and a 
 out of memory is split in half and retried (the smaller size then sticks). One bad sample never
 costs the rest of the batch: it comes back as a NaN row with a reason code, or as an error naming
 its index.
+
+:class:`BatchedEncoder` holds the options, the :class:`~synthguard.Encoder` protocol and the
+public calls; the rest lives beside it, each part short enough to read whole: its base classes
+``EncodingPipeline`` (``_pipeline.py``: samples to rows, around the cache) and ``ModelRunner``
+(``_runner.py``: the model on the device), and ``_calls.py`` (the public calls' argument checks
+and failure reports).
 """
 
 from __future__ import annotations
 
-import collections
-import hashlib
-import math
 import os
-import threading
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from synthguard._errors import EncoderError, InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._validation import check_float, check_int
-from synthguard.batch import PairBatch, as_sample_list
+from synthguard.batch import PairBatch
 from synthguard.encoders._backend import ModelBackend, hash_state_dict
-from synthguard.encoders._base import EncoderFingerprint, OnError, PairEmbeddings, check_caption
-from synthguard.encoders._base import Failure as _Failure
+from synthguard.encoders._base import EncoderFingerprint, OnError, PairEmbeddings
 from synthguard.encoders._cache import EmbeddingCache
-from synthguard.encoders._device import autocast, resolve_device, resolve_precision
+from synthguard.encoders._calls import check_on_error, non_empty, raise_or_keep, warn_truncated
+from synthguard.encoders._device import resolve_device, resolve_precision
 from synthguard.encoders._images import (
     DEFAULT_MAX_IMAGE_ASPECT,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
-    ImageDecodeError,
-    content_key,
-    load_image,
 )
+from synthguard.encoders._pipeline import EncodingPipeline
 
-__all__ = ["BatchedEncoder", "CaptionTruncatedWarning"]
-
-#: Guards the lazy creation of each encoder's preparation pool (threads may share an encoder).
-_POOL_LOCK = threading.Lock()
+__all__ = ["BatchedEncoder"]
 
 
-class CaptionTruncatedWarning(UserWarning):
-    """Some captions were longer than the text tower's context and were truncated."""
-
-
-class BatchedEncoder:
+class BatchedEncoder(EncodingPipeline):
     """An image–text model behind synthguard's batching engine.
 
     Built by :func:`synthguard.load_encoder`; construct it directly only with your own
@@ -266,10 +256,10 @@ class BatchedEncoder:
             InvalidInputError: bad argument, or an undecodable image with ``on_error="raise"``.
             EncoderError: the model failed for a whole batch (e.g. out of memory at size 1).
         """
-        _check_on_error(on_error)
-        items = _non_empty(images, "images")
+        check_on_error(on_error)
+        items = non_empty(images, "images")
         vectors, failures = self._encode_images(items, progress)
-        _raise_or_keep("images", failures, on_error)
+        raise_or_keep("images", failures, on_error)
         return vectors.to(self._output_device)
 
     def encode_texts(
@@ -281,11 +271,11 @@ class BatchedEncoder:
         (a :class:`CaptionTruncatedWarning` gives the count). Empty, whitespace-only or
         non-text captions raise, or give NaN rows with ``on_error="nan"``.
         """
-        _check_on_error(on_error)
-        items = _non_empty(texts, "texts")
+        check_on_error(on_error)
+        items = non_empty(texts, "texts")
         vectors, failures, truncated = self._encode_texts(items, progress)
-        _raise_or_keep("texts", failures, on_error)
-        _warn_truncated(int(truncated.sum()), len(items), self.context_length)
+        raise_or_keep("texts", failures, on_error)
+        warn_truncated(int(truncated.sum()), len(items), self.context_length)
         return vectors.to(self._output_device)
 
     def embed(self, batch: PairBatch, *, progress: bool | None = None) -> PairEmbeddings:
@@ -348,264 +338,3 @@ class BatchedEncoder:
     def _check_open(self) -> None:
         if self._closed:
             raise EncoderError(f"{self.model_id}: this encoder was closed; load a new one")
-
-    @property
-    def _executor(self) -> ThreadPoolExecutor:
-        """The preparation pool of this process. A forked child (a DataLoader worker) inherits
-        the parent's pool without its threads, so waiting on it would hang forever: the child
-        starts its own."""
-        with _POOL_LOCK:
-            if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = ThreadPoolExecutor(
-                    self.num_workers, thread_name_prefix="synthguard-prep"
-                )
-                self._pool_pid = os.getpid()
-            return self._pool
-
-    # -- images -------------------------------------------------------------------------------
-    def _encode_images(
-        self, items: Sequence[Any], progress: bool | None
-    ) -> tuple[torch.Tensor, dict[int, _Failure]]:
-        self._check_open()
-        out = torch.full((len(items), self.dim), math.nan, dtype=torch.float32)
-        failures: dict[int, _Failure] = {}
-        todo, keys = self._from_cache("image", items, out, self._image_key)
-        bar = self._bar(len(items), "images", progress)
-        bar.update(len(items) - len(todo))
-        for indices, prepared in self._prefetch(todo, lambda i: self._prepare_image(items[i])):
-            ok: list[int] = []
-            tensors: list[torch.Tensor] = []
-            for index, result in zip(indices, prepared, strict=True):
-                if isinstance(result, torch.Tensor):
-                    ok.append(index)
-                    tensors.append(result)
-                else:
-                    failures[index] = result
-            if ok:
-                pixels = torch.stack(tensors)
-                features = self._run_model(self._backend.image_features, {"pixel_values": pixels})
-                self._store("image", ok, features, out, failures, keys)
-            bar.update(len(indices))
-        bar.close()
-        return out, failures
-
-    def _image_key(self, item: Any) -> str:
-        return content_key(item, max_bytes=self.max_image_bytes)
-
-    def _prepare_image(self, item: Any) -> torch.Tensor | _Failure:
-        # Runs on a worker thread; anything a codec throws becomes this sample's failure.
-        try:
-            image = load_image(
-                item, max_pixels=self.max_image_pixels, max_bytes=self.max_image_bytes,
-                max_aspect=self.max_image_aspect,
-            )  # fmt: skip
-            return self._backend.preprocess(image)
-        except ImageDecodeError as exc:
-            return exc.reason, str(exc)
-        except Exception as exc:
-            return ReasonCode.UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}"
-
-    # -- texts --------------------------------------------------------------------------------
-    def _encode_texts(
-        self, items: Sequence[Any], progress: bool | None
-    ) -> tuple[torch.Tensor, dict[int, _Failure], torch.Tensor]:
-        self._check_open()
-        out = torch.full((len(items), self.dim), math.nan, dtype=torch.float32)
-        truncated = torch.zeros(len(items), dtype=torch.bool)
-        failures: dict[int, _Failure] = {}
-        texts: dict[int, str] = {}
-        for index, item in enumerate(items):
-            checked = check_caption(item)
-            if isinstance(checked, str):
-                texts[index] = checked
-            else:
-                failures[index] = checked
-        valid = list(texts)
-        counts = self._backend.token_counts([texts[i] for i in valid]) if valid else []
-        for index, count in zip(valid, counts, strict=True):
-            truncated[index] = count > self.context_length
-        todo, keys = self._from_cache("text", [texts.get(i) for i in range(len(items))], out)
-        todo = [i for i in todo if i in texts]
-        bar = self._bar(len(valid), "captions", progress)
-        bar.update(len(valid) - len(todo))
-        chunks = self._chunks(todo)
-        futures = (
-            self._executor.submit(self._backend.tokenize, [texts[i] for i in c]) for c in chunks
-        )
-        for indices, future in zip(chunks, _ahead(futures, self.prefetch_batches), strict=True):
-            features = self._run_model(self._backend.text_features, future.result())
-            self._store("text", indices, features, out, failures, keys)
-            bar.update(len(indices))
-        bar.close()
-        return out, failures, truncated
-
-    # -- shared machinery ---------------------------------------------------------------------
-    def _prefetch(
-        self, indices: list[int], prepare: Callable[[int], Any]
-    ) -> Iterator[tuple[list[int], list[Any]]]:
-        """Yield (chunk indices, prepared samples), keeping ``prefetch_batches`` chunks queued."""
-        chunks = self._chunks(indices)
-        submitted = ([self._executor.submit(prepare, i) for i in chunk] for chunk in chunks)
-        for chunk, futures in zip(chunks, _ahead(submitted, self.prefetch_batches), strict=True):
-            yield chunk, [future.result() for future in futures]
-
-    def _chunks(self, indices: list[int]) -> list[list[int]]:
-        """Split sample indices into forward-pass batches of the current ``batch_size``."""
-        size = self.batch_size
-        return [indices[start : start + size] for start in range(0, len(indices), size)]
-
-    def _run_model(
-        self, forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """Forward ``inputs`` in slices of ``batch_size``, halving it on out-of-memory."""
-        total = next(iter(inputs.values())).shape[0]
-        outputs: list[torch.Tensor] = []
-        start = 0
-        while start < total:
-            size = min(self.batch_size, total - start)
-            part = {name: value[start : start + size] for name, value in inputs.items()}
-            try:
-                outputs.append(self._forward(forward, part))
-            except torch.OutOfMemoryError as exc:
-                if size == 1:
-                    raise EncoderError(
-                        f"{self.model_id}: out of memory on {self.device} even at batch size 1"
-                    ) from exc
-                self.batch_size = max(1, size // 2)
-                warnings.warn(
-                    f"out of memory at batch size {size} on {self.device}; retrying at "
-                    f"{self.batch_size}",
-                    ResourceWarning,
-                    stacklevel=2,
-                )
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start += size
-        return torch.cat(outputs)
-
-    def _forward(
-        self, forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        on_cuda = self.device.type == "cuda"
-        try:
-            with torch.inference_mode(), autocast(self.device, self.precision):
-                moved = {
-                    name: (value.pin_memory() if on_cuda else value).to(
-                        self.device, non_blocking=on_cuda
-                    )
-                    for name, value in inputs.items()
-                }
-                features = forward(**moved)
-            # Normalise in float32 whatever the autocast dtype was.
-            return F.normalize(features.float(), dim=-1).to("cpu")
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as exc:
-            size = next(iter(inputs.values())).shape[0]
-            raise EncoderError(
-                f"{self.model_id}: the forward pass failed on a batch of {size}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-
-    def _store(
-        self,
-        modality: str,
-        indices: list[int],
-        features: torch.Tensor,
-        out: torch.Tensor,
-        failures: dict[int, _Failure],
-        keys: list[str | None] | None,
-    ) -> None:
-        finite = torch.isfinite(features).all(dim=1) & (features.norm(dim=1) > 0.5)
-        fresh: list[tuple[str, torch.Tensor]] = []
-        for row, index in enumerate(indices):
-            if not finite[row]:
-                failures[index] = (
-                    ReasonCode.ENCODING_FAILED,
-                    f"the model returned a non-finite or zero {modality} embedding",
-                )
-                continue
-            out[index] = features[row]
-            key = keys[index] if keys is not None else None
-            if key is not None:
-                fresh.append((key, features[row]))
-        if self.cache is not None and fresh:
-            self.cache.put_many(modality, fresh)
-
-    def _from_cache(
-        self,
-        modality: str,
-        items: Sequence[Any],
-        out: torch.Tensor,
-        key_fn: Callable[[Any], str] | None = None,
-    ) -> tuple[list[int], list[str | None] | None]:
-        """Fill ``out`` from the cache; return the indices still to encode and their keys."""
-        if self.cache is None:
-            return list(range(len(items))), None
-        keys = list(self._executor.map(lambda item: _safe_key(item, key_fn), items))
-        hits = self.cache.get_many(modality, [k for k in keys if k is not None])
-        todo: list[int] = []
-        for index, key in enumerate(keys):
-            if key is not None and key in hits:
-                out[index] = hits[key]
-            else:
-                todo.append(index)
-        return todo, keys
-
-    def _bar(self, total: int, unit: str, progress: bool | None) -> tqdm[Any]:
-        show = self.progress if progress is None else progress
-        return tqdm(total=total, desc=f"embedding {unit}", unit=unit[:-1], disable=not show)
-
-
-def _ahead(futures: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Yield from ``futures`` while keeping ``depth`` submissions in flight ahead of the reader."""
-    queue: collections.deque[Any] = collections.deque()
-    for submitted in futures:
-        queue.append(submitted)
-        if len(queue) > depth:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
-
-
-def _safe_key(item: Any, key_fn: Callable[[Any], str] | None) -> str | None:
-    if key_fn is None:  # captions: the key is the hash of the exact string (lone surrogates too)
-        if not isinstance(item, str):
-            return None
-        return hashlib.sha256(item.encode("utf-8", "surrogatepass")).hexdigest()
-    try:
-        return key_fn(item)
-    except Exception:  # unreadable now: let decoding report the precise reason
-        return None
-
-
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ("raise", "nan"):
-        raise InvalidInputError(f"on_error must be 'raise' or 'nan'; got {on_error!r}")
-
-
-def _non_empty(values: Any, name: str) -> list[Any]:
-    items = as_sample_list(values, name)
-    if not items:
-        raise InvalidInputError(f"{name} must contain at least one sample; got an empty sequence")
-    return items
-
-
-def _raise_or_keep(name: str, failures: dict[int, _Failure], on_error: OnError) -> None:
-    if on_error == "nan" or not failures:
-        return
-    first = min(failures)
-    code, detail = failures[first]
-    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-    raise InvalidInputError(f"{name}[{first}]: {code.value}: {detail}{more}")
-
-
-def _warn_truncated(count: int, total: int, context_length: int) -> None:
-    if count:
-        warnings.warn(
-            f"{count} of {total} captions exceed the text context of {context_length} tokens; "
-            "they were truncated keeping the end-of-text token",
-            CaptionTruncatedWarning,
-            stacklevel=3,
-        )

@@ -21,7 +21,6 @@ from synthguard._errors import CorruptFileError, InvalidInputError
 from synthguard._io import FileRefusedError, atomic_write_bytes, read_file
 from synthguard._validation import check_int, check_label_range, describe
 from synthguard.batch import PairBatch, as_sample_list
-from synthguard.checks import NULL_DESIGN, RESAMPLED_TESTS
 from synthguard.concepts import ConceptBank
 from synthguard.encoders import Encoder, EncoderFingerprint, load_encoder
 from synthguard.reference._ahead import calibrate_ahead
@@ -34,6 +33,7 @@ from synthguard.reference._build import (
 from synthguard.reference._calibrated import CalibratedSupport
 from synthguard.reference._codec import ReferenceState, decode, encode
 from synthguard.reference._numerics import at_reference_precision
+from synthguard.reference._state import reference_from_state, state_of
 from synthguard.stats import EmbeddingStats
 
 if TYPE_CHECKING:
@@ -353,36 +353,9 @@ class Reference(CalibratedSupport):
 
     def to_state(self) -> ReferenceState:
         """The reference as plain tensors and metadata (what :meth:`to_bytes` encodes)."""
-        tensors = {f"stats.{k}": v for k, v in self.stats.state_dict().items()}
-        tensors["support_radii"] = self.support_radii
-        tensors["coverage_radii_sq"] = self.coverage_radii_sq
-        tensors["calibration_badness"] = self.calibration.badness
-        if self.support_caption_tokens is not None:
-            tensors["support_caption_tokens"] = self.support_caption_tokens
-        if self.class_embeddings is not None:
-            tensors["class_embeddings"] = self.class_embeddings
         with self._lock:
-            tensors.update({f"null/{k}": v for k, v in self._null_cache.items()})
-        banks = []
-        for i, bank in enumerate(self.concept_banks):
-            tensors.update({f"bank/{i}/{g}": e for g, e in bank.embeddings.items()})
-            banks.append(bank_spec(bank))
-        meta = {
-            "fingerprint": None if self.fingerprint is None else self.fingerprint.model_dump(),
-            "encoder_spec": self.encoder_spec,
-            "k": self.k,
-            "label_names": None if self.label_names is None else list(self.label_names),
-            "label_templates": list(self.label_templates),
-            "logit_scale": self.logit_scale,
-            "coverage_rows": self.coverage_rows,
-            "cmmd_rows": self.cmmd_rows,
-            "checks": list(self.calibration.names),
-            "null_columns": list(RESAMPLED_TESTS),
-            "null_design": NULL_DESIGN,
-            "skipped": self.skipped,
-            "concept_banks": banks,
-        }
-        return ReferenceState(tensors=tensors, meta=meta)
+            nulls = dict(self._null_cache)
+        return state_of(self, nulls)
 
     @classmethod
     def from_state(cls, state: ReferenceState, *, source: str = "<state>") -> Reference:
@@ -391,51 +364,7 @@ class Reference(CalibratedSupport):
         Raises:
             CorruptFileError: the state is inconsistent (missing or misshapen parts).
         """
-        meta, tensors = state.meta, state.tensors
-        if not isinstance(meta, dict) or not isinstance(tensors, dict):
-            raise CorruptFileError(
-                f"reference file {source!r} is inconsistent: metadata and tensors must be "
-                f"mappings; got {type(meta).__name__} and {type(tensors).__name__}"
-            )
-        # Nulls of another test set (an older synthguard) are recomputed, not misread.
-        nulls_fit = (
-            meta.get("null_columns") == list(RESAMPLED_TESTS)
-            and meta.get("null_design") == NULL_DESIGN
-        )
-        keep = ("support_radii", "coverage_radii_sq", "calibration_badness")
-        try:
-            stats = EmbeddingStats.from_state_dict(
-                {k[len("stats.") :]: v for k, v in tensors.items() if k.startswith("stats.")}
-            )
-            _check_shapes(tensors, meta, stats, nulls_fit)
-            fingerprint = meta["fingerprint"]
-            ref = cls(
-                stats,
-                fingerprint=None if fingerprint is None else EncoderFingerprint(**fingerprint),
-                encoder_spec=meta.get("encoder_spec"),
-                k=meta["k"],
-                label_names=meta["label_names"],
-                label_templates=meta["label_templates"],
-                class_embeddings=tensors.get("class_embeddings"),
-                logit_scale=meta["logit_scale"],
-                coverage_rows=meta["coverage_rows"],
-                cmmd_rows=meta["cmmd_rows"],
-                skipped=meta.get("skipped", {}),
-                support_caption_tokens=tensors.get("support_caption_tokens"),
-                _precomputed_checks=meta["checks"],
-                _precomputed={
-                    k: v
-                    for k, v in tensors.items()
-                    if k in keep or (nulls_fit and k.startswith("null/"))
-                },
-            )
-            ref.concept_banks = [
-                bank_from_spec(spec, tensors, i)
-                for i, spec in enumerate(meta.get("concept_banks", []))
-            ]
-        except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
-            raise CorruptFileError(f"reference file {source!r} is inconsistent: {exc}") from exc
-        return ref
+        return reference_from_state(cls, state, source)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -445,68 +374,6 @@ class Reference(CalibratedSupport):
             f"Reference(pairs={self.stats.n_pairs}, support={self.n_support}, "
             f"dim={self.stats.dim}, encoder={model!r}, labels={self.label_names is not None})"
         )
-
-
-def _check_shapes(
-    tensors: dict[str, torch.Tensor], meta: dict[str, Any], stats: EmbeddingStats, nulls: bool
-) -> None:
-    """Every stored tensor has the shape and dtype its metadata implies (a cut or edited file
-    fails here, naming the tensor, not with an IndexError at check time)."""
-    s, dim = int(stats.sample("image").shape[0]), stats.dim
-    names = meta["label_names"]
-    expected: dict[str, tuple[int, ...]] = {
-        "support_radii": (s,),
-        "coverage_radii_sq": (min(int(meta["coverage_rows"]), s),),
-        "calibration_badness": (s, len(meta["checks"])),
-        "support_caption_tokens": (s,),
-    }
-    if names is not None:
-        expected["class_embeddings"] = (len(names), dim)
-    for name, tensor in tensors.items():
-        if not tensor.is_floating_point() and not name.startswith("stats."):
-            raise ValueError(f"tensor {name!r} must be floating point; got {tensor.dtype}")
-        if tensor.dtype in (torch.bfloat16, torch.float16) and not name.startswith("stats."):
-            raise ValueError(f"tensor {name!r} must be float32 or float64; got {tensor.dtype}")
-        shape = tuple(tensor.shape)
-        if name in expected and shape != expected[name]:
-            raise ValueError(f"tensor {name!r} must have shape {expected[name]}; got {shape}")
-        if (
-            nulls
-            and name.startswith("null/")
-            and (tensor.ndim != 2 or shape[1] != len(RESAMPLED_TESTS))
-        ):
-            raise ValueError(
-                f"tensor {name!r} must have {len(RESAMPLED_TESTS)} columns; got shape {shape}"
-            )
-    k = int(meta["k"])
-    if not 1 <= k <= s - 2:
-        raise ValueError(f"k must be between 1 and {s - 2} for a {s}-row support; got {k}")
-
-
-def bank_spec(bank: ConceptBank) -> dict[str, Any]:
-    """A concept bank's JSON metadata in a reference file (its embeddings are tensors)."""
-    templates = bank.templates
-    return {
-        "groups": {g: list(c) for g, c in bank.groups.items()},
-        "margins": bank.margins,
-        "templates": templates if isinstance(templates, str) else list(templates),
-        "uncertain_rate": bank.uncertain_rate,
-        "fingerprint": None if bank.fingerprint is None else bank.fingerprint.model_dump(),
-    }
-
-
-def bank_from_spec(spec: dict[str, Any], tensors: dict[str, torch.Tensor], i: int) -> ConceptBank:
-    """The ``i``-th concept bank of a reference file."""
-    return ConceptBank.from_parts(
-        spec["groups"],
-        {g: tensors[f"bank/{i}/{g}"] for g in spec["groups"]},
-        fingerprint=None
-        if spec["fingerprint"] is None
-        else EncoderFingerprint(**spec["fingerprint"]),
-        margins=spec["margins"],
-        templates=spec["templates"],
-        uncertain_rate=spec["uncertain_rate"],
-    )
 
 
 def _spec_of(encoder: Encoder | None) -> str | None:
