@@ -90,6 +90,12 @@ def _shift(image: Image.Image) -> Image.Image:
     return _image(np.roll(_pixels(image), 1, axis=1))
 
 
+def _crop(image: Image.Image) -> Image.Image:
+    """The top-left 7/8 of the image, resized back (a crop that keeps most of the digit)."""
+    w, h = image.size
+    return image.crop((0, 0, w - w // 8, h - h // 8)).resize((w, h), Image.Resampling.BILINEAR)
+
+
 Transform = Callable[[Batch, np.ndarray, np.random.Generator], None]
 
 
@@ -227,6 +233,7 @@ def main() -> None:
                   "noise σ=32": _each(noise(32)), "noise σ=64": _each(noise(64)),
                   "contrast ×0.5": _each(contrast),
                   "reference copies": copies, "copies shifted 1 px": copies_via(_shift),
+                  "copies cropped 7/8": copies_via(_crop),
                   "copies flipped": copies_via(lambda im: im.transpose(Image.FLIP_LEFT_RIGHT)),
                   "copies re-encoded (JPEG 75)": copies_via(reencoded),
                   "blur 10 %": (_each(blur), 0.10), "blur 25 %": (_each(blur), 0.25),

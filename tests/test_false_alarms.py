@@ -28,12 +28,15 @@ pytestmark = pytest.mark.slow
 RESAMPLES = 99
 ALPHA_BATCH = 0.1  # the smallest Holm level (0.1 / 8) is reachable with 99 resamples
 LEVELS = (0.01, 0.1)
-#: name: (support pairs, batch samples, references, batches per reference)
+#: name: (support pairs, batch samples, references, batches per reference). Batches of one
+#: reference share its null, so their p-values are correlated: 20 batches on each of 10
+#: references put P(p <= 0.1) anywhere from 0.005 to 0.195 across seeds; 4 on each of 50 keep
+#: the design effect near the 2 that ``_upper`` allows.
 DIGIT_CASES = {
-    "m/n=0.05": (1200, 64, 10, 20),
-    "m/n=0.2": (1000, 215, 10, 20),
-    "m/n=0.5": (1000, 500, 10, 20),
-    "smallest grid size": (1000, 11, 10, 20),
+    "m/n=0.05": (1200, 64, 50, 4),
+    "m/n=0.2": (1000, 215, 50, 4),
+    "m/n=0.5": (1000, 500, 50, 4),
+    "smallest grid size": (1000, 11, 50, 4),
 }
 
 
@@ -64,11 +67,14 @@ def _check_rates(p_values: dict[str, list[float]], rejected: int, trials: int, c
             rate = float(np.mean(ps <= level))
             assert rate <= _upper(level, len(values)), (case, name, level, rate)
         test = BATCH_TESTS.get(name)
-        # A continuous resampled test does fire; a duplicate rate is a count, often 0 in a real
-        # batch (p = 1), so its test is conservative and need not.
+        # A continuous resampled test does fire, and its p-values centre near 1/2 (a dead test
+        # sits at p = 1); a duplicate rate is a count, often 0 in a real batch (p = 1), so its
+        # test is conservative and need not.
         continuous = len(np.unique(ps)) >= 10 and not name.endswith("duplicate_rate")
         if test is not None and test.null == "resampled" and continuous:
-            assert float(np.mean(ps <= 0.1)) >= 0.03, (case, name, float(np.mean(ps <= 0.1)))
+            assert float(np.mean(ps <= 0.1)) > 0 and float(ps.mean()) < 0.7, (
+                case, name, float(np.mean(ps <= 0.1)), float(ps.mean()),
+            )  # fmt: skip
 
 
 def _collect(report: sg.GuardReport, p_values: dict[str, list[float]]) -> None:
@@ -132,12 +138,12 @@ def test_real_batches_at_the_largest_grid_size_fail_each_test_at_its_level() -> 
 
     p_values: dict[str, list[float]] = {}
     rejected = trials = 0
-    for r in range(5):
+    for r in range(25):
         reference = sg.Reference.from_embeddings(*draw(2200))
         guard = sg.Guard(
             reference, sg.GuardConfig(n_resamples=RESAMPLES, alpha_batch=ALPHA_BATCH, seed=r)
         )
-        for _ in range(40):
+        for _ in range(8):
             report = guard.check_embeddings(*draw(1200))
             assert report.rows_tested == 1024
             rejected += report.verdict != "accepted"
