@@ -40,6 +40,10 @@ def test_check_names_reason_codes_and_registry_agree() -> None:
         assert check.name == name and check.reason.value == name in reason_codes
     scores = [check.score for check in SAMPLE_CHECKS.values()]
     assert len(set(scores)) == len(scores)  # one score name per check
+    # every code has its few words for report pages, distinct from the others'
+    words = [code.words for code in sg.ReasonCode]
+    assert all(w and w[0].islower() and not w.endswith(".") for w in words)
+    assert len(set(words)) == len(words)
 
 
 def test_test_names_and_registry_agree() -> None:

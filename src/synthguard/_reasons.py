@@ -46,3 +46,32 @@ class ReasonCode(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @property
+    def words(self) -> str:
+        """The reason in a few plain words, as report pages show it (the member's docstring
+        says it in full).
+
+        Example:
+            >>> ReasonCode.NEAR_DUPLICATE.words
+            'the image repeats an earlier image of the batch'
+        """
+        return _WORDS[self]
+
+
+# Beside the members so a new code gets its words where it gets its docstring
+# (tests/test_architecture.py checks that every code has them).
+_WORDS: dict[ReasonCode, str] = {
+    ReasonCode.UNREADABLE_IMAGE: "the image could not be opened or decoded",
+    ReasonCode.EMPTY_CAPTION: "the caption is empty",
+    ReasonCode.UNREADABLE_CAPTION: "the caption is not text",
+    ReasonCode.ENCODING_FAILED: "the model gave no usable embedding",
+    ReasonCode.LOW_ALIGNMENT: "image and caption agree less than real pairs do",
+    ReasonCode.LABEL_MISMATCH: "the frozen model confidently predicts another class",
+    ReasonCode.NEAR_DUPLICATE: "the image repeats an earlier image of the batch",
+    ReasonCode.OFF_MANIFOLD: "the image is farther from real images than real images are",
+    ReasonCode.REFERENCE_COPY: "the image is a near-copy of a reference image",
+    ReasonCode.LONG_CAPTION: "the caption is longer than real captions get",
+    ReasonCode.IMAGE_TOO_LARGE: "the image is over a size limit",
+    ReasonCode.OUTSIDE_INPUT: "the image's path leads outside the input",
+}

@@ -22,7 +22,7 @@ from synthguard.report._charts import (
     histogram_chart,
     pvalue_chart,
 )
-from synthguard.report._page import REASON_WORDS, SampleLike, label_text, render_page, sample_table
+from synthguard.report._page import SampleLike, label_text, render_page, sample_table
 
 if TYPE_CHECKING:
     from synthguard.concepts import ConceptDrift
@@ -178,7 +178,7 @@ def summary(report: ReportLike) -> dict[str, Any]:
 
 def _reason_words(code: str) -> str:
     try:
-        return REASON_WORDS[ReasonCode(code)]
+        return ReasonCode(code).words
     except (ValueError, KeyError):  # a code from a newer report: the code is the words
         return code
 

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from synthguard.relabel import Relabel
 
 __all__ = [
-    "REASON_WORDS",
     "SampleLike",
     "SampleRow",
     "SampleTable",
@@ -42,23 +41,8 @@ THUMBNAIL_SIDE = 48
 #: Characters of a caption shown in the table (the whole caption is its tooltip).
 CAPTION_CHARS = 90
 
+
 #: One short phrase per reason code, for the summary a reviewer reads first.
-REASON_WORDS: dict[ReasonCode, str] = {
-    ReasonCode.UNREADABLE_IMAGE: "the image could not be opened or decoded",
-    ReasonCode.EMPTY_CAPTION: "the caption is empty",
-    ReasonCode.UNREADABLE_CAPTION: "the caption is not text",
-    ReasonCode.ENCODING_FAILED: "the model gave no usable embedding",
-    ReasonCode.LOW_ALIGNMENT: "image and caption agree less than real pairs do",
-    ReasonCode.LABEL_MISMATCH: "the frozen model confidently predicts another class",
-    ReasonCode.NEAR_DUPLICATE: "the image repeats an earlier image of the batch",
-    ReasonCode.OFF_MANIFOLD: "the image is farther from real images than real images are",
-    ReasonCode.REFERENCE_COPY: "the image is a near-copy of a reference image",
-    ReasonCode.LONG_CAPTION: "the caption is longer than real captions get",
-    ReasonCode.IMAGE_TOO_LARGE: "the image is over a size limit",
-    ReasonCode.OUTSIDE_INPUT: "the image's path leads outside the input",
-}
-
-
 class SampleLike(Protocol):
     """What the table reads of a :class:`~synthguard.SampleDecision`."""
 
