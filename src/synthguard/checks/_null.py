@@ -7,7 +7,8 @@ is compared with the accepted support *without* its own rows (sums subtracted ex
 k-NN radii of the coverage balls recomputed among the kept rows; CMMD rows excluded), a
 comparison of ``m`` rows with ``n − m``. So that a fresh batch meets exactly that comparison,
 the batch is compared with the accepted support without ``m`` seeded held-out rows
-(:func:`held_out`), not with all of it: every statistic whose centre depends on the
+(a guard draws them with its tested rows, :func:`~synthguard.checks.split_batch`; :func:`held_out`
+is the plain uniform draw), not with all of it: every statistic whose centre depends on the
 reference's size (coverage, whose k-NN balls shrink as the reference grows, or a Vendi score)
 is then exchangeable with its null at every batch/reference ratio (docs/design.md, "Decision
 rules"). Columns follow :data:`~synthguard.checks.RESAMPLED_TESTS`.
@@ -185,7 +186,11 @@ class BatchContext:
 def held_out(
     ctx: BatchContext, size: int, seed: int, batch: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The ``size`` accepted support rows a checked batch's comparison leaves out.
+    """``size`` accepted support rows for a batch's comparison to leave out, drawn uniformly.
+
+    A guard draws its held-out rows together with the rows it tests
+    (:func:`~synthguard.checks.split_batch`, which also re-judges the copy checks); this is the
+    plain draw for rows chosen some other way.
 
     A resample of the null is compared with the accepted support without its own ``size``
     rows; the batch is compared with it without these, so both comparisons are of ``size``
@@ -296,7 +301,7 @@ def batch_values(
     exclude: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """:func:`~synthguard.functional.collapse_metrics` of unit pairs against the accepted
-    reference pairs without the support rows ``exclude`` (a checked batch: :func:`held_out`;
+    reference pairs without the support rows ``exclude`` (a checked batch: its held-out rows;
     a resample: its own rows; ``None``: all of them)."""
     return collapse_metrics(image, text, comparison(ctx, exclude))
 

@@ -212,6 +212,11 @@ class GuardPlan:
         """Rows the distribution tests use for ``accepted`` accepted samples (0: too few)."""
         return grid_size(accepted, self.config.max_batch_rows, self.accepted_support.numel() // 2)
 
+    def sizes_from(self, rows: int) -> list[int]:
+        """The grid sizes from ``rows`` down to ``min_batch_size``, largest first (what
+        :func:`~synthguard.checks.split_batch` tries when too few rows pass)."""
+        return [g for g in reversed(GRID) if self.config.min_batch_size <= g <= rows]
+
     def duplicate_rows_for(self, valid: int) -> int:
         """Rows the duplicate-rate test uses for ``valid`` embeddable samples (0: too few)."""
         return grid_size(valid, self.config.max_batch_rows, self.reference.n_support // 2)

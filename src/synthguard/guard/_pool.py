@@ -28,7 +28,7 @@ from synthguard.batch import PairBatch
 from synthguard.checks import SAMPLE_CHECKS, candidates_needed, split_batch
 from synthguard.config import GuardConfig
 from synthguard.guard._decide import decide
-from synthguard.guard._plan import GRID, GuardPlan
+from synthguard.guard._plan import GuardPlan
 from synthguard.guard._rows import EmbeddedRows, mark_unembedded
 from synthguard.guard._samples import decide_samples
 from synthguard.guard._summary import BatchSummary
@@ -265,7 +265,7 @@ def pool_report(plan: GuardPlan, state: PoolState) -> GuardReport:
     rows, dup_rows = plan.rows_for(n_accepted), plan.duplicate_rows_for(n_valid)
     dim = state.accepted.dim
     image = text = duplicates = torch.zeros(0, dim, dtype=torch.float64)
-    held = None
+    held = torch.zeros(0, dtype=torch.int64)
     if dup_rows >= cfg.min_batch_size:  # bottom-k prefixes: uniform subsamples of the pool
         duplicates = state.embedded.sample("image")[:dup_rows]
         if rows >= cfg.min_batch_size:
@@ -315,10 +315,9 @@ def _tested_rows(
         given = state.embedded.sample_labels("image")
         labels = given.tolist() if bool((given >= 0).all()) else None
     outcome = decide_samples(plan, EmbeddedRows(image, text, list(range(image.shape[0])), labels))
-    min_rows = plan.config.min_batch_size
     split = split_batch(
-        plan.context(), image, outcome.eligible,
-        [g for g in reversed(GRID) if min_rows <= g <= rows], plan.config.seed, plan.copy_cosine,
+        plan.context(), image, outcome.eligible, plan.sizes_from(rows), plan.config.seed,
+        plan.copy_cosine,
     )  # fmt: skip
     return image[split.tested], text[split.tested], split.held_out
 

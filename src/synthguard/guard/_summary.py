@@ -37,7 +37,7 @@ import torch
 
 from synthguard._errors import InvalidInputError, SynthGuardError
 from synthguard.checks import candidates_needed, split_batch
-from synthguard.guard._plan import GRID, GuardPlan
+from synthguard.guard._plan import GuardPlan
 from synthguard.guard._rows import EmbeddedRows
 from synthguard.guard._samples import SampleOutcome
 from synthguard.stats._collective import collective_device
@@ -64,15 +64,13 @@ class BatchSummary:
     image: torch.Tensor  # [rows, d] rows the distribution tests use (0 rows: skipped)
     text: torch.Tensor
     caption_tokens: torch.Tensor | None  # [rows] their caption tokens (None: not known)
+    held_out: torch.Tensor  # [rows] accepted support rows their comparison leaves out
     duplicate_image: torch.Tensor  # [dup_rows, d] embeddable rows (0 rows: skipped)
     label_counts: torch.Tensor | None  # [classes] float64 over embeddable rows
     concept_counts: dict[str, torch.Tensor] = field(default_factory=dict)  # accepted rows
     concept_by_class: dict[str, torch.Tensor] = field(default_factory=dict)  # carried labels
     world_size: int = 1
     n_repeats: int = 0  # rows not counted: their id appeared on an earlier rank
-    # [rows] accepted support rows the tests' comparison leaves out (None: drawn by the
-    # verdict with synthguard.checks.held_out, as for a pool)
-    held_out: torch.Tensor | None = None
 
 
 class LocalShard:
@@ -251,13 +249,13 @@ def summarise(
         offset,
     )
     d = image.shape[1]
-    pairs, held = fetched[:0], None
+    pairs, held = fetched[:0], candidates[:0]
     if context is not None:
         split = split_batch(
             context,
             fetched[:, :d].double(),
             (everyone[candidates, 1] & _ELIGIBLE).bool(),
-            [g for g in reversed(GRID) if min_rows <= g <= n_rows],
+            plan.sizes_from(n_rows),
             seed,
             plan.copy_cosine,
         )

@@ -19,7 +19,6 @@ from synthguard.checks import (
     batch_inputs,
     bound_at,
     empirical_p,
-    held_out,
     holm,
 )
 from synthguard.concepts import ConceptDrift, concept_drift
@@ -147,26 +146,22 @@ def _batch_tests(plan: GuardPlan, summary: BatchSummary) -> _TestOutcome:
     dup_rows = summary.duplicate_image.shape[0]
     out = _TestOutcome()
     distribution = rows >= cfg.min_batch_size
-    if not distribution and plan.rows_for(summary.n_accepted) >= cfg.min_batch_size:
+    if not distribution:
+        wanted = plan.rows_for(summary.n_accepted)
         out.notes.append(
             f"distribution tests skipped: fewer than min_batch_size {cfg.min_batch_size} "
             "rows pass the copy checks among the rows a resample of the null meets"
-        )
-    elif not distribution:
-        out.notes.append(
-            f"distribution tests skipped: {plan.rows_for(summary.n_accepted)} accepted rows < "
+            if wanted >= cfg.min_batch_size
+            else f"distribution tests skipped: {wanted} accepted rows < "
             f"min_batch_size {cfg.min_batch_size} (or half the reference support)"
         )
     context = plan.context()
-    # The batch meets the accepted support without `rows` held-out rows: the comparison each
-    # resample of the null makes (the split design of synthguard.checks).
+    # The batch meets the accepted support without `rows` held-out rows, drawn with its tested
+    # rows (synthguard.checks.split_batch): the comparison each resample of the null makes.
     resampled = TestInputs(metrics={})
     if distribution:
-        kept_out = summary.held_out
-        if kept_out is None:  # a pool's rows: a uniform subsample of its accepted rows
-            kept_out = held_out(context, rows, cfg.seed, summary.image)
         resampled = batch_inputs(
-            context, summary.image, summary.text, summary.caption_tokens, kept_out
+            context, summary.image, summary.text, summary.caption_tokens, summary.held_out
         )
     inputs = replace(
         resampled,
