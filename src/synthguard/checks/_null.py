@@ -126,7 +126,8 @@ class BatchContext:
 
         A resample's kept radius of a listed ball is at most that distance, so these pairs
         are all a resampled coverage needs (:mod:`synthguard.checks._resample`); memory about
-        ``(k + 48) · s`` pairs, never ``c × s``.
+        ``(k + 48) · s`` pairs, never ``c × s``. Sorted by member row, so a resample reads only
+        its own rows' pairs (:attr:`coverage_member_offsets`).
         """
         _, dist = self.coverage_neighbours
         widest = dist[:, -1] if dist.shape[1] else torch.zeros(self.coverage_rows)
@@ -143,7 +144,17 @@ class BatchContext:
             balls.append(ball + start)
             members.append(self.pool[member])
             dists.append(d2[ball, member])
-        return torch.cat(balls), torch.cat(members), torch.cat(dists)
+        member = torch.cat(members)
+        order = torch.argsort(member, stable=True)
+        return torch.cat(balls)[order], member[order], torch.cat(dists)[order]
+
+    @cached_property
+    def coverage_member_offsets(self) -> torch.Tensor:
+        """``[s + 1]``: support row ``j``'s pairs in :attr:`coverage_members` are the slice
+        ``offsets[j] : offsets[j + 1]``."""
+        _, member, _ = self.coverage_members
+        counts = torch.bincount(member, minlength=self.support.shape[0])
+        return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
 
     @cached_property
     def cmmd_sums(self) -> tuple[torch.Tensor, torch.Tensor, float, int]:

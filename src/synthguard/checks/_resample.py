@@ -190,7 +190,7 @@ def _values(tables: _Tables, idx: torch.Tensor, wanted: set[str]) -> dict[str, t
     if {"vendi_ratio", "frechet_distance", "cmmd"} & wanted:
         out.update(_products(tables, idx, batch_sum, batch_tv, ref_tv, wanted))
     if {"coverage", "density"} & wanted:
-        out["coverage"], out["density"] = coverage(ctx, idx, select > 0, tables.image)
+        out["coverage"], out["density"] = coverage(ctx, idx, select > 0, tables.image, tables.sq)
     out.update(_text_columns(tables, idx, select, wanted))
     return {name: value for name, value in out.items() if name in wanted}
 
@@ -229,7 +229,7 @@ def _products(
             cov_y = _symmetric(_cov(ref_outer, ref_sum, n))
             root = _trace_sqrt_product(_cov(outer, batch_sum, m), cov_y)
         out["frechet_distance"] = ((diff * diff).sum(dim=1) + traces - 2.0 * root).clamp_min(0.0)
-    if gram is not None and "cmmd" in wanted:
+    if gram is not None and "cmmd" in wanted:  # last: CMMD overwrites the Gram
         out["cmmd"] = cmmd(ctx, idx, gram, tables.sq[idx].to(dtype))
     return out
 

@@ -38,23 +38,27 @@ def _kept_radii(ctx: BatchContext, keep: torch.Tensor) -> torch.Tensor:
 
 
 def coverage(
-    ctx: BatchContext, idx: torch.Tensor, in_batch: torch.Tensor, image: torch.Tensor
+    ctx: BatchContext,
+    idx: torch.Tensor,
+    in_batch: torch.Tensor,
+    image: torch.Tensor,
+    sq: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B]`` coverage and density of each resample against its kept coverage balls."""
-    ball, member, d2 = (t.to(idx.device) for t in ctx.coverage_members)
+    """``[B]`` coverage and density of each resample against its kept coverage balls
+    (``image``: the support's rows, ``sq``: their squared norms)."""
     _, dist = ctx.coverage_neighbours
     c = ctx.coverage_rows
     widest = (dist[:, -1] if dist.shape[1] else torch.zeros(c)).to(idx.device)
-    cover = image[:c]
-    norms = (cover * cover).sum(dim=1)
+    cover, norms = image[:c], sq[:c]
     keep = ctx.accepted[:c].to(idx.device) & ~in_batch[:, :c]
     radii = _kept_radii(ctx, keep)
     tie = _TIE_RTOL * 2.0 * torch.where(keep, norms, -math.inf).max(dim=1).values
     listed = keep & (radii <= widest)  # every pair inside such a ball is in coverage_members
     limit = torch.where(listed, radii - tie[:, None], -math.inf)
-    hits = in_batch[:, member] & (d2 < limit[:, ball])
+    owner, ball, d2 = _resample_pairs(ctx, idx)
+    hits = d2 < limit[owner, ball]
     counts = torch.zeros(keep.shape, dtype=torch.float64, device=idx.device)
-    counts.scatter_add_(1, ball.expand(keep.shape[0], -1), hits.double())
+    counts.view(-1).scatter_add_(0, owner * c + ball, hits.double())
     for r, j in torch.nonzero(keep & ~listed).tolist():  # balls wider than their list: rare
         near = ((image[idx[r]] - cover[j]) ** 2).sum(dim=1) < radii[r, j] - tie[r]
         counts[r, j] = near.sum()
@@ -65,10 +69,29 @@ def coverage(
     return torch.where(kept > 0, coverage, nan), torch.where(kept > 0, density, nan)
 
 
+def _resample_pairs(
+    ctx: BatchContext, idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(resample, ball, d²)`` of the listed pairs whose member row is in a resample: each
+    resample row's slice of the member-sorted :attr:`BatchContext.coverage_members` (about
+    ``m / s`` of all pairs per resample, instead of a pass over all of them)."""
+    ball, _, d2 = (t.to(idx.device) for t in ctx.coverage_members)
+    offsets = ctx.coverage_member_offsets.to(idx.device)
+    rows = idx.reshape(-1)
+    start, length = offsets[rows], offsets[rows + 1] - offsets[rows]
+    b, m = idx.shape
+    owner = torch.arange(b, device=idx.device).repeat_interleave(m).repeat_interleave(length)
+    # pair t of group g sits at start[g] + (t − the group's first t)
+    at = torch.repeat_interleave(start - (length.cumsum(0) - length), length)
+    at += torch.arange(at.numel(), device=idx.device)
+    return owner, ball[at], d2[at]
+
+
 def cmmd(
     ctx: BatchContext, idx: torch.Tensor, gram: torch.Tensor, sq: torch.Tensor
 ) -> torch.Tensor:
-    """``[B]`` CMMD of each resample against the accepted CMMD rows it leaves.
+    """``[B]`` CMMD of each resample against the accepted CMMD rows it leaves; ``gram``
+    (``[B, m, m]``, the resample's inner products) is overwritten.
 
     The kernel is formed as ``k − 1`` (``expm1``): CMMD is a small difference of means close
     to 1, which float32 keeps only this way.
@@ -78,12 +101,14 @@ def cmmd(
     kernel_c = ctx.cmmd_kernel.to(idx.device)
     gamma = 1.0 / (2.0 * ctx.cmmd_sigma**2)
     b, m = idx.shape
-    exponent = (gram * (2.0 * gamma)).sub_((sq * gamma)[:, :, None]).sub_((sq * gamma)[:, None, :])
+    exponent = gram.mul_(2.0 * gamma).sub_((sq * gamma)[:, :, None]).sub_((sq * gamma)[:, None, :])
     # |exponent| <= γ(‖x‖ + ‖y‖)² <= 4γ·max‖x‖² (Cauchy–Schwarz), known without a pass over it
     small = 4.0 * gamma * float(sq.max()) <= 1.0 / 32.0
     minus_one = _expm1(exponent.clamp_max_(0.0), small)
     minus_one.diagonal(dim1=1, dim2=2).zero_()  # k(x, x) = 1 exactly, as the definition
-    self_term = minus_one.sum(dim=(1, 2), dtype=torch.float64) / m**2
+    # Row sums in the kernel's dtype, then float64: every entry is <= 0 (no cancellation), and
+    # this avoids a float64 copy of the [B, m, m] kernel (a third of CMMD's time in float32).
+    self_term = minus_one.sum(dim=2).sum(dim=1, dtype=torch.float64) / m**2
     out = torch.empty(b, dtype=torch.float64, device=idx.device)
     for r in range(b):
         inside = idx[r] < ctx.cmmd_rows  # resample rows that leave the CMMD set
@@ -101,12 +126,15 @@ def cmmd(
 
 def _expm1(z: torch.Tensor, small: bool) -> torch.Tensor:
     """``exp(z) − 1``; when ``small`` (``|z| ≤ 1/32``; unit rows at σ = 10 give ``|z| ≤ 0.02``)
-    by its Taylor polynomial to ``z⁶``, whose remainder is below 2e-13 relative to ``z``, in
-    place and several times faster than ``torch.expm1`` on CPU."""
+    by its Taylor polynomial, in place and several times faster than ``torch.expm1`` on CPU: to
+    ``z⁶`` in float64 (remainder below 2e-13 relative to ``z``), to ``z⁴`` in float32 (below
+    1e-8 relative, under float32's rounding of 6e-8)."""
     if not small:
         return torch.expm1(z)
-    poly = z / 720.0 + 1.0 / 120.0
-    for coefficient in (1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0):
+    degree = 4 if z.dtype == torch.float32 else 6
+    coefficients = [1.0 / math.factorial(k) for k in range(degree, 0, -1)]
+    poly = torch.mul(z, coefficients[0]).add_(coefficients[1])
+    for coefficient in coefficients[2:]:
         poly.mul_(z).add_(coefficient)
     return poly.mul_(z)
 
