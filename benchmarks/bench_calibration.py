@@ -10,7 +10,10 @@ support and the same seed (so the same resamples):
 2. the stacked path (``batch_null``) with 1 and 2 worker threads, all R resamples, and the
    largest difference from the per-resample values on the shared resamples;
 3. with ``--busy``: both again while a stand-in trainer (a process multiplying matrices with
-   default torch threads) keeps the cores busy: the thread budget's effect.
+   default torch threads) keeps the cores busy: the thread budget's effect;
+4. the floor: one resample's dense linear algebra alone (three ``d × d`` eigenvalue problems,
+   the ``m × m`` Gram, the ``d × d`` outer product, the Fréchet distance's Cholesky factor and
+   two products), float32, one thread: what any exact CPU path with these statistics pays.
 
 Usage:
     python benchmarks/bench_calibration.py                     # the issue's setting
@@ -61,6 +64,30 @@ def _time(function: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
+def _floor(rows: int, dim: int, repeats: int = 8) -> dict[str, float]:
+    """Seconds per resample of the dense linear algebra alone, stacked by 4 as the null runs."""
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(4, rows, dim, generator=gen), dim=2)
+    outer = x.transpose(1, 2) @ x / rows
+    spd = outer + 1e-3 * torch.eye(dim)
+    parts = {
+        "eigvalsh_x3": lambda: [torch.linalg.eigvalsh(outer) for _ in range(3)],
+        "gram": lambda: x @ x.transpose(1, 2),
+        "outer": lambda: x.transpose(1, 2) @ x,
+        "cholesky_and_2_products": lambda: (lambda f: f.transpose(1, 2) @ outer @ f)(
+            torch.linalg.cholesky_ex(spd)[0]
+        ),
+    }
+    out = {}
+    for name, part in parts.items():
+        part()
+        seconds, _ = _time(lambda p=part: [p() for _ in range(repeats)])
+        out[f"{name}_ms"] = round(seconds / repeats / 4 * 1e3, 1)
+    out["total_ms"] = round(sum(out.values()), 1)
+    return out
+
+
 def _run(ctx: Any, args: argparse.Namespace, label: str) -> dict[str, Any]:
     size, seed, resamples = args.rows, args.seed, args.resamples
     exact_s, exact = _time(lambda: batch_null_exact(ctx, size, args.exact_resamples, seed))
@@ -100,7 +127,17 @@ def main() -> None:
     image, text = _mixture(args.support, args.dim, 0)
     reference = sg.Reference.from_embeddings(image, text, support_size=args.support)
     ctx = reference.batch_context(sg.GuardConfig().alpha)
-    tables_s, _ = _time(lambda: (ctx.coverage_neighbours, ctx.coverage_members, ctx.cmmd_sums))
+    tables_s, _ = _time(
+        lambda: (
+            ctx.coverage_neighbours,
+            ctx.coverage_members,
+            ctx.coverage_member_offsets,
+            ctx.cmmd_sums,
+        )
+    )
+    threads = torch.get_num_threads()
+    floor = _floor(args.rows, args.dim)
+    torch.set_num_threads(threads)
     results = [_run(ctx, args, "idle machine")]
     if args.busy:
         spawn = multiprocessing.get_context("spawn")  # a fork after OpenMP use can hang
@@ -122,6 +159,8 @@ def main() -> None:
         "dim": args.dim,
         "resamples": args.resamples,
         "one_off_tables_s": round(tables_s, 2),
+        "floor_per_resample_one_thread": floor,
+        "floor_at_R_on_2_cores_s": round(floor["total_ms"] * args.resamples / 2e3, 1),
         "results": results,
     }, indent=2))  # fmt: skip
 
