@@ -35,6 +35,7 @@ MODULES = [
     "synthguard.reference",
     "synthguard.relabel",
     "synthguard.relabel._common",
+    "synthguard.relabel._decisions",
     "synthguard.relabel._recaption",
     "synthguard.relabel._rerank",
     "synthguard.relabel._zeroshot",

@@ -770,6 +770,7 @@ def test_recaptioner_model_errors(tmp_path: Path) -> None:
     "name",
     [
         "synthguard.relabel._common",
+        "synthguard.relabel._decisions",
         "synthguard.relabel._zeroshot",
         "synthguard.relabel._rerank",
         "synthguard.relabel._recaption",

@@ -16,17 +16,10 @@ and whether it was applied. See ``docs/relabel.md``.
 """
 
 from synthguard.relabel._common import Relabel
+from synthguard.relabel._decisions import LABEL_POLICIES, LabelDecision, LabelPolicy, resolve_labels
 from synthguard.relabel._recaption import Captioner, Recaptioner
 from synthguard.relabel._rerank import CaptionChoice, RerankResult, rerank_captions
-from synthguard.relabel._zeroshot import (
-    DEFAULT_LOGIT_SCALE,
-    LABEL_POLICIES,
-    LabelDecision,
-    LabelPolicy,
-    ZeroShotLabeler,
-    ZeroShotPrediction,
-    resolve_labels,
-)
+from synthguard.relabel._zeroshot import DEFAULT_LOGIT_SCALE, ZeroShotLabeler, ZeroShotPrediction
 
 __all__ = [
     "DEFAULT_LOGIT_SCALE",

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
-from synthguard._errors import EncoderError, EncoderLoadError, InvalidInputError
+from synthguard._errors import EncoderError, InvalidInputError
 from synthguard._reasons import ReasonCode
 from synthguard._validation import check_float, check_int, describe, unit_rows_or_nan
 from synthguard.batch import as_sample_list
 from synthguard.encoders._base import Encoder
 from synthguard.encoders._device import resolve_device
 from synthguard.encoders._images import ImageDecodeError, load_image
+from synthguard.relabel._captioner import resolve_captioner
 from synthguard.relabel._common import (
     Relabel,
     caption_text,
@@ -30,14 +30,6 @@ __all__ = ["Captioner", "Recaptioner"]
 
 #: A captioning function: ``(RGB images, num_candidates) -> candidate captions per image``.
 Captioner = Callable[[list[Image.Image], int], Sequence[Sequence[str]]]
-
-# Tried in order for "hf:PATH": the generic image-to-text auto class first, then the older
-# Vision2Seq auto class (gone in transformers 5), then BLIP for checkpoints neither maps.
-_HF_CLASSES = (
-    "AutoModelForImageTextToText",
-    "AutoModelForVision2Seq",
-    "BlipForConditionalGeneration",
-)
 
 
 class Recaptioner:
@@ -141,7 +133,7 @@ class Recaptioner:
                 f"generate_kwargs must be a dict or None; got {describe(generate_kwargs)}"
             )
         self.generate_kwargs = dict(generate_kwargs or {})
-        self.model, self.processor, self.generator = _resolve_model(model, processor)
+        self.model, self.processor, self.generator = resolve_captioner(model, processor)
 
     # -- public --------------------------------------------------------------------------------
     def generate_candidates(self, images: Any) -> list[list[str]]:
@@ -349,68 +341,6 @@ class Recaptioner:
             f"Recaptioner({self.generator!r}, num_candidates={self.num_candidates}, {mode}, "
             f"min_gain={self.min_gain:g})"
         )
-
-
-def _resolve_model(model: Any, processor: Any) -> tuple[Any, Any, str]:
-    """(model, processor or None for a function, provenance name)."""
-    if isinstance(processor, (str, os.PathLike)):
-        processor = _load_processor(os.fspath(processor))
-    if isinstance(model, str):
-        scheme, _, path = model.partition(":")
-        if scheme != "hf" or not path:
-            raise InvalidInputError(
-                "model must be 'hf:PATH_OR_ID', a transformers image-to-text model or a "
-                f"captioning function; got {model!r}"
-            )
-        loaded = _load_hf(path, model)
-        return loaded.eval(), processor or _load_processor(path), model
-    if callable(getattr(model, "generate", None)):
-        name = str(getattr(model, "name_or_path", "") or type(model).__name__)
-        if processor is None:
-            if not os.path.isdir(name):
-                raise InvalidInputError(
-                    f"processor is required for a {type(model).__name__} object whose "
-                    f"name_or_path ({name!r}) is not a local folder"
-                )
-            processor = _load_processor(name)
-        if hasattr(model, "eval"):
-            model.eval()
-        return model, processor, name
-    if callable(model):
-        return model, None, getattr(model, "__qualname__", type(model).__name__)
-    raise InvalidInputError(
-        "model must be 'hf:PATH_OR_ID', a transformers image-to-text model (with .generate) "
-        f"or a captioning function; got {describe(model)}"
-    )
-
-
-def _load_hf(path: str, spec: str) -> Any:
-    import transformers  # local: slow to import, and only needed for hf models
-
-    errors: list[str] = []
-    for name in _HF_CLASSES:
-        cls = getattr(transformers, name, None)
-        if cls is None:
-            continue
-        try:
-            return cls.from_pretrained(path)
-        except Exception as exc:
-            errors.append(f"{name}: {type(exc).__name__}: {exc}")
-    raise EncoderLoadError(
-        f"cannot load image-to-text model {spec!r}: " + " | ".join(errors) + ". Offline, pass a "
-        "folder written by save_pretrained()."
-    )
-
-
-def _load_processor(path: str) -> Any:
-    import transformers
-
-    try:
-        return transformers.AutoProcessor.from_pretrained(path)
-    except Exception as exc:
-        raise EncoderLoadError(
-            f"cannot load the processor from {path!r}: {type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def _decode(items: list[Any]) -> tuple[dict[int, Image.Image], dict[int, str]]:
