@@ -10,10 +10,15 @@ What it checks (exits non-zero on a failed check) and measures:
    compare the bare number with timm's published figure for the vision tower;
 4. the batch tests' null on the GPU (``batch_null(device="cuda")``): 1,024 rows, d = 512, a
    10,000-row support, R = 1,000; its first resamples equal the CPU path's within
-   ``FLOAT32_TOLERANCE``; seconds, and the CPU path's seconds per resample for the ratio.
+   ``FLOAT32_TOLERANCE``; seconds, and the CPU path's seconds per resample for the ratio;
+5. PRDC at n = 100,000 real and 100,000 fake, d = 512, on the GPU: the fast path's values equal
+   the float64 definition's (``_prdc_exact``, also on the GPU) exactly; seconds of both;
+6. with two or more GPUs: the multi-process tests (``tests/test_distributed.py``,
+   ``tests/test_distributed_guard.py``) with NCCL instead of gloo (``SYNTHGUARD_TEST_BACKEND``).
 
 Usage (on the GPU machine, from the repository root, in the project's venv):
     python benchmarks/gpu_check.py --n-images 2048
+    python benchmarks/gpu_check.py --only prdc,nccl    # some of the checks
 """
 
 from __future__ import annotations
@@ -46,11 +51,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--prdc-rows", type=int, default=100_000)
+    parser.add_argument("--only", default="embed,calibration,prdc,nccl")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 2
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    only = set(args.only.split(","))
+    failures = _embedding(args) if "embed" in only else 0
+    if "calibration" in only:
+        failures += _calibration()
+    if "prdc" in only:
+        failures += prdc_check(args.prdc_rows, torch.device("cuda"))
+    if "nccl" in only:
+        failures += _nccl()
+    return 1 if failures else 0
+
+
+def _embedding(args: argparse.Namespace) -> int:
+    """Checks 1–3: precision agreement, the OOM back-off, throughput."""
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -111,8 +131,7 @@ def main() -> int:
             ("synthguard JPEG", t_files),
         ):
             print(f"| {name} | {n / t:.0f} | {t_bare / t:.3f} |")
-    failures += _calibration()
-    return 1 if failures else 0
+    return failures
 
 
 def _calibration() -> int:
@@ -146,6 +165,53 @@ def _calibration() -> int:
         f"largest relative difference from the CPU path {worst:.1e}"
     )
     return 0 if ok else 1
+
+
+def prdc_check(n: int, device: torch.device, dim: int = 512) -> int:
+    """Check 5: ``prdc`` (float32 blocks, float64 near the radii) against the float64
+    definition on ``device``, n real and n fake rows; 1 when a value differs."""
+    from synthguard.functional._common import DEFAULT_BLOCK_SIZE
+    from synthguard.functional.fidelity import _prdc_exact, _validate, prdc
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(100, dim, generator=gen)
+    real = centres[torch.randint(0, 100, (n,), generator=gen)] + torch.randn(n, dim, generator=gen)
+    fake = centres[torch.randint(0, 100, (n,), generator=gen)] + torch.randn(n, dim, generator=gen)
+    real, fake = real.to(device), fake.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    fast = prdc(real, fake)
+    sync()
+    fast_s = time.perf_counter() - start
+    r, f, k, block = _validate(real, fake, 5, DEFAULT_BLOCK_SIZE)
+    start = time.perf_counter()
+    exact = _prdc_exact(r, f, k, block)
+    sync()
+    exact_s = time.perf_counter() - start
+    same = fast.to_dict() == exact.to_dict()
+    print(
+        f"[{'ok' if same else 'FAIL'}] PRDC, n = {n:,} + {n:,}, d = {dim} on {device}: "
+        f"{fast_s:.1f} s (float64 definition {exact_s:.1f} s, {exact_s / fast_s:.1f}x); "
+        f"values {'identical' if same else f'differ: {fast.to_dict()} vs {exact.to_dict()}'}"
+    )
+    return 0 if same else 1
+
+
+def _nccl() -> int:
+    """Check 6: the gloo tests with NCCL, one rank per GPU (skipped with fewer than 2)."""
+    import os
+    import subprocess
+
+    if torch.cuda.device_count() < 2:
+        print(f"[skip] NCCL: {torch.cuda.device_count()} GPU; the tests need 2")
+        return 0
+    root = Path(__file__).resolve().parents[1]
+    tests = ["tests/test_distributed.py", "tests/test_distributed_guard.py"]
+    env = {**os.environ, "SYNTHGUARD_TEST_BACKEND": "nccl"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=root, env=env)
+    print(f"[{'ok' if done.returncode == 0 else 'FAIL'}] NCCL: {' '.join(tests)}")
+    return int(done.returncode != 0)
 
 
 if __name__ == "__main__":

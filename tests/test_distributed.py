@@ -1,4 +1,5 @@
-"""EmbeddingStats.all_reduce across gloo processes equals one process on all the data."""
+"""EmbeddingStats.all_reduce across gloo processes (NCCL: tests/_process_group.py) equals one
+process on all the data."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import synthguard as sg
+from _process_group import init_group, need_ranks
 
 DIM, NUM_LABELS = 6, 4
 
@@ -34,8 +36,7 @@ def _config() -> dict[str, object]:
 def _worker(rank: int, world: int, sizes: list[int], folder: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                            world_size=world)  # fmt: skip
+    init_group(rank, world, folder)
     image, text, labels, ids = _data(sum(sizes))
     start = sum(sizes[:rank])
     rows = slice(start, start + sizes[rank])
@@ -51,6 +52,7 @@ def _worker(rank: int, world: int, sizes: list[int], folder: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("sizes", [[23, 9], [5, 0, 40]], ids=["2 ranks", "3 ranks, one empty"])
 def test_sharded_all_reduce_equals_one_process(sizes: list[int], tmp_path: Path) -> None:
+    need_ranks(len(sizes))
     mp.spawn(_worker, args=(len(sizes), sizes, str(tmp_path)), nprocs=len(sizes), join=True)
     image, text, labels, ids = _data(sum(sizes))
     whole = sg.EmbeddingStats(DIM, **_config())  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""Guard.check(sync=True) across gloo processes equals one process on the concatenated batch."""
+"""Guard.check(sync=True) across gloo processes (NCCL: tests/_process_group.py) equals one
+process on the concatenated batch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch.utils.data import DistributedSampler
 
 import synthguard as sg
 from _digits import TEMPLATE, digits_reference
+from _process_group import init_group, need_ranks
 from synthguard.datasets import DIGITS_CONCEPT_BANK, load_digits
 
 CONFIG = sg.GuardConfig(n_resamples=1099, max_batch_rows=64)
@@ -48,9 +50,7 @@ def _worker(rank: int, world: int, folder: str, kind: str, n: int, mode: str) ->
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # up to 3 ranks share 2 cores
-    dist.init_process_group(
-        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
-    )
+    init_group(rank, world, folder)
     ref = sg.Reference.load(f"{folder}/reference.safetensors")
     guard = sg.Guard(ref, CONFIG)
     indices = _shards(n, world, kind)[rank]
@@ -100,6 +100,7 @@ def _spawn(tmp_path: Path, reference: Path, world: int, kind: str, n: int,
 def test_sharded_check_equals_one_process(
     world: int, kind: str, n: int, reference_file: Path, tmp_path: Path
 ) -> None:
+    need_ranks(world)
     reports = _spawn(tmp_path, reference_file, world, kind, n)
     shards = _shards(n, world, kind)
     order = [i for shard in shards for i in shard]

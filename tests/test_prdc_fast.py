@@ -293,3 +293,22 @@ def test_group_minima_select_the_smallest_entries(rows: int, width: int, m: int)
         values, cols = got
         assert torch.equal(table.gather(1, cols), values)
         assert torch.equal(values.sort(dim=1).values, table.topk(m, largest=False).values)
+
+
+def test_the_gpu_scripts_prdc_and_nccl_checks_run_here(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/gpu_check.py's PRDC check (run on CPU at a small n) passes, and its NCCL check
+    says it skips without two GPUs: the prepared script does not rot while no GPU is lent."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        gpu_check = importlib.import_module("gpu_check")
+    finally:
+        sys.path.pop(0)
+    assert gpu_check.prdc_check(700, torch.device("cpu"), dim=16) == 0
+    if torch.cuda.device_count() < 2:
+        assert gpu_check._nccl() == 0
+    out = capsys.readouterr().out
+    assert "[ok] PRDC, n = 700 + 700, d = 16 on cpu" in out and "values identical" in out
