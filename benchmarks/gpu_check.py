@@ -37,6 +37,8 @@ import synthguard as sg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embed import _build_models, _photos, _write_jpegs
 
+CHECKS = ("embed", "calibration", "prdc", "nccl")
+
 
 def _timed(fn: Any) -> float:
     fn()
@@ -52,13 +54,15 @@ def main() -> int:
     parser.add_argument("--n-images", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--prdc-rows", type=int, default=100_000)
-    parser.add_argument("--only", default="embed,calibration,prdc,nccl")
+    parser.add_argument("--only", default=",".join(CHECKS))
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if only - set(CHECKS):
+        parser.error(f"--only takes names from {','.join(CHECKS)}; got {args.only!r}")
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 2
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    only = set(args.only.split(","))
     failures = _embedding(args) if "embed" in only else 0
     if "calibration" in only:
         failures += _calibration()
@@ -185,23 +189,29 @@ def _calibration() -> int:
 
 
 def prdc_check(n: int, device: torch.device, dim: int = 512) -> int:
-    """Check 5: ``prdc`` (float32 blocks, float64 near the radii) against the float64
-    definition on ``device``, n real and n fake rows; 1 when a value differs."""
+    """Check 5: PRDC's fast path (float32 blocks, float64 near the radii) against the float64
+    definition on ``device``, n real and n fake rows; 1 when a value differs or the fast path
+    declines (``prdc()`` would then quietly run the definition, and compare it with itself)."""
+    from synthguard.functional import _knn
     from synthguard.functional._common import DEFAULT_BLOCK_SIZE
-    from synthguard.functional.fidelity import _prdc_exact, _validate, prdc
+    from synthguard.functional.fidelity import _TIE_RTOL, _prdc_exact, _result, _validate
 
     gen = torch.Generator().manual_seed(0)
     centres = torch.randn(100, dim, generator=gen)
     real = centres[torch.randint(0, 100, (n,), generator=gen)] + torch.randn(n, dim, generator=gen)
     fake = centres[torch.randint(0, 100, (n,), generator=gen)] + torch.randn(n, dim, generator=gen)
-    real, fake = real.to(device), fake.to(device)
+    r, f, k, block = _validate(real.to(device), fake.to(device), 5, DEFAULT_BLOCK_SIZE)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    _knn.fast_prdc(r[:1000], f[:1000], k, block, _TIE_RTOL)  # warm-up: CUDA context, cuBLAS
     sync()
     start = time.perf_counter()
-    fast = prdc(real, fake)
+    counts = _knn.fast_prdc(r, f, k, block, _TIE_RTOL)
     sync()
     fast_s = time.perf_counter() - start
-    r, f, k, block = _validate(real, fake, 5, DEFAULT_BLOCK_SIZE)
+    if counts is None:
+        print(f"[FAIL] PRDC on {device}: the float32 path declined (TF32 or precision setting?)")
+        return 1
+    fast = _result(*counts, k=k)
     start = time.perf_counter()
     exact = _prdc_exact(r, f, k, block)
     sync()

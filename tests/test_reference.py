@@ -283,8 +283,10 @@ def test_a_version_1_file_loads_and_decides_as_a_fresh_build(
     # near_duplicate's column is reference_copy's, as version 1 shared it.
     badness = old.calibration.badness
     assert torch.equal(badness[:, names.index("near_duplicate")], badness[:, 2])
-    assert torch.allclose(badness, new.sample_calibration(names).badness, atol=1e-12)
-    assert old.thresholds(0.05) == pytest.approx(new.thresholds(0.05), abs=1e-12)
+    # The file's embeddings came from an earlier torch: the encoder's outputs (and so the
+    # scores) agree to ~2e-7, not bit for bit; the thresholds are the same order statistics.
+    assert torch.allclose(badness, new.sample_calibration(names).badness, rtol=1e-5, atol=1e-12)
+    assert old.thresholds(0.05) == pytest.approx(new.thresholds(0.05), rel=1e-5)
     # Its cached null lacked newer tests' columns: dropped, recomputed on first use.
     assert not [k for k in old.to_state().tensors if k.startswith("null/")]
     config = sg.GuardConfig(n_resamples=199, alpha_batch=0.05)

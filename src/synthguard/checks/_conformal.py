@@ -71,5 +71,7 @@ class SampleCalibration:
 
     def _union_count(self, r: int) -> int:
         # Flag strictly above the r-th largest value of each column; ties at it stay unflagged.
-        limits = torch.tensor([self._threshold(t, r) for t in range(len(self.names))])
-        return int((self.badness > limits.double()).any(dim=1).sum())
+        # The limits stay float64: rounded to float32 they fell below some of the values they
+        # came from, which then counted as above them (a smaller r, an unstable threshold).
+        limits = [self._threshold(t, r) for t in range(len(self.names))]
+        return int((self.badness > torch.tensor(limits, dtype=torch.float64)).any(dim=1).sum())

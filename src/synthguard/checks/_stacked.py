@@ -75,7 +75,8 @@ def _resample_pairs(
     """``(resample, ball, d²)`` of the listed pairs whose member row is in a resample: each
     resample row's slice of the member-sorted :attr:`BatchContext.coverage_members` (about
     ``m / s`` of all pairs per resample, instead of a pass over all of them)."""
-    ball, _, d2 = (t.to(idx.device) for t in ctx.coverage_members)
+    ball, _, d2 = ctx.coverage_members
+    ball, d2 = ball.to(idx.device), d2.to(idx.device)
     offsets = ctx.coverage_member_offsets.to(idx.device)
     rows = idx.reshape(-1)
     start, length = offsets[rows], offsets[rows + 1] - offsets[rows]
