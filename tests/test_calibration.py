@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+import synthguard as sg
 from _holm import closed_weighted_bonferroni
 from synthguard import functional as F
 from synthguard.checks import (
@@ -141,6 +142,25 @@ def _holm_textbook(p: list[float], alpha: float) -> tuple[list[bool], list[float
     for rank, i in enumerate(order):
         adjusted[i] = max(min(1.0, (k - j) * p[order[j]]) for j in range(rank + 1))
     return rejected, adjusted
+
+
+def test_each_tests_failure_rule_is_stated_as_it_is_decided() -> None:
+    """A label or concept mix test is decided by its permutation p (its JS value has no bound);
+    only a resampled test whose level is out of the null's reach says it can never fail."""
+    from synthguard.report._html import _failed_words
+
+    mix = sg.MetricResult(
+        name="label_drift", value=0.07, direction="high", p_value=0.001,
+        adjusted_p_value=0.008, level=0.00625, passed=False,
+    )  # fmt: skip
+    assert "FAILED: fails if its permutation p <= 0.00625;" in mix.describe()
+    assert "never" not in mix.describe()
+    assert "fails when its permutation p ≤ 0.00625 (" in _failed_words(mix, 0.05)
+    unreachable = sg.MetricResult(
+        name="cmmd", value=0.3, direction="high", p_value=0.5, adjusted_p_value=1.0,
+        level=0.0001, passed=True,
+    )  # fmt: skip
+    assert "passed: fails if never (too few resamples);" in unreachable.describe()
 
 
 @settings(max_examples=100, deadline=None)

@@ -27,7 +27,7 @@ from synthguard.report._page import SampleLike, label_text, render_page, sample_
 if TYPE_CHECKING:
     from synthguard.concepts import ConceptDrift
 
-__all__ = ["ReportLike", "render_report", "summary"]
+__all__ = ["ReportLike", "is_mix_test", "render_report", "summary"]
 
 #: Axis label of each per-sample score.
 SCORE_AXES = {
@@ -52,6 +52,12 @@ VERDICT_WORDS = {
 _RELABEL_LINES = 5
 
 
+def is_mix_test(name: str) -> bool:
+    """Whether ``name`` is a label or concept mix test (decided by a permutation p-value of a
+    max-z statistic, reported with its Jensen–Shannon divergence, which has no bound)."""
+    return name == "label_drift" or name.startswith("concept:")
+
+
 class _MetricLike(Protocol):
     """What the page reads of a :class:`~synthguard.MetricResult`."""
 
@@ -65,6 +71,8 @@ class _MetricLike(Protocol):
     def bound(self) -> float | None: ...
     @property
     def null_median(self) -> float | None: ...
+    @property
+    def level(self) -> float | None: ...
     @property
     def p_value(self) -> float | None: ...
     @property
@@ -135,7 +143,9 @@ def _what(name: str) -> str:
 def _failed_words(m: _MetricLike, alpha_batch: float) -> str:
     what = f" ({_what(m.name)})" if _what(m.name) else ""
     side = "below" if m.direction == "low" else "above"
-    return (f"{m.name}{what} = {_num(m.value)}: fails {side} {_num(m.bound)} (real data's "
+    rule = (f"fails when its permutation p ≤ {_num(m.level, 3)}" if is_mix_test(m.name)
+            else f"fails {side} {_num(m.bound)}")  # fmt: skip
+    return (f"{m.name}{what} = {_num(m.value)}: {rule} (real data's "
             f"median {_num(m.null_median)}); p = {_num(m.p_value, 3)}, Holm-adjusted "
             f"{_num(m.adjusted_p_value, 3)} ≤ α_batch {alpha_batch:g}")  # fmt: skip
 

@@ -19,7 +19,7 @@ from synthguard.batch import PairBatch
 from synthguard.concepts import ConceptDrift
 from synthguard.relabel import Relabel
 from synthguard.relabel._common import Score
-from synthguard.report._html import render_report
+from synthguard.report._html import is_mix_test, render_report
 
 __all__ = ["GuardReport", "MetricResult", "SampleDecision", "Verdict"]
 
@@ -114,7 +114,12 @@ class MetricResult(BaseModel):
             )
         side = "<" if self.direction == "low" else ">"
         verdict = "FAILED" if not self.passed else "passed"
-        bound = "never (too few resamples)" if self.bound is None else f"{side} {self.bound:.4g}"
+        if self.bound is not None:
+            bound = f"{side} {self.bound:.4g}"
+        elif is_mix_test(self.name):  # its max-z permutation p decides; the JS value has no bound
+            bound = f"its permutation p <= {_num(self.level, 3)}"
+        else:
+            bound = "never (too few resamples)"
         return (
             f"{self.name} = {self.value:.4g} ({verdict}: fails if {bound}; "
             f"real median {_num(self.null_median)}; p = {_num(self.p_value, 3)}, "
