@@ -111,12 +111,27 @@ def test_sharded_check_equals_one_process(
     assert whole["n_samples"] == n
     repeats = len(order) - n
     assert (kind == "sampler") == (repeats > 0)
+    # docs/scaling.md: near_duplicate compares a sample with its own rank's earlier samples
+    # only, so a near duplicate whose partner sits on an earlier rank is accepted there. Such
+    # samples are the one documented way the sharded batch fields may differ from one process.
+    whole_by_id = {s["id"]: s for s in whole["samples"]}
+    across = {
+        s["id"] for report, _ in reports for s in report["samples"]
+        if s["accepted"] and whole_by_id[s["id"]]["reasons"] == ["near_duplicate"]
+    }  # fmt: skip
+    assert not across or kind == "uneven"  # the padded cases stay on the exact path
     for rank, (report, local) in enumerate(reports):
-        for name in BATCH_FIELDS:
-            assert report[name] == whole[name], (rank, name)
+        if across:
+            assert report["n_accepted_all_ranks"] == whole["n_accepted"] + len(across)
+            assert report["n_samples_all_ranks"] == whole["n_samples_all_ranks"]
+        else:
+            for name in BATCH_FIELDS:
+                assert report[name] == whole[name], (rank, name)
         assert report["world_size"] == world and report["n_repeats"] == repeats
         summary = sg.GuardReport.model_validate(report).summary()
-        assert f"all {world} ranks: {whole['n_accepted']}/{n} samples accepted" in summary
+        assert (
+            f"all {world} ranks: {report['n_accepted_all_ranks']}/{n} samples accepted" in summary
+        )
         # Per-sample decisions stay local: exactly those of this rank's shard checked alone.
         assert report["samples"] == local["samples"]
         assert report["n_samples"] == len(shards[rank])
